@@ -1,0 +1,8 @@
+# The job image: the agent's own executable on a minimal Debian base. The agent builds it
+# (tag kraken-job:<version>) with a build context of this file and its executable.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
+COPY kraken /usr/local/bin/kraken
+USER 65534:65534
+ENTRYPOINT ["/usr/local/bin/kraken"]
+CMD ["job", "run"]

@@ -1,0 +1,378 @@
+//! The GraphQL schema: queries over nodes and jobs, the `enqueueJob` and `cancelJob`
+//! mutations (operator token), and the `jobEvents` subscription.
+
+use crate::orchestrator::{JobNotice, JobRequest, Orchestrator};
+use crate::store::{Attempt, Isolation, JobRecord, JobState, LogLine, NodeRecord, NodeStats};
+use async_graphql::{Context, Error, Json, Object, Schema, SimpleObject, Subscription, ID};
+use futures::{Stream, StreamExt};
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub type KrakenSchema = Schema<Query, Mutation, Subscription>;
+
+/// Who is asking, decided from the request's token.
+#[derive(Debug, Clone, Copy)]
+pub struct Auth {
+    pub operator: bool,
+}
+
+pub fn schema(orch: Arc<Orchestrator>) -> KrakenSchema {
+    Schema::build(Query, Mutation, Subscription)
+        .data(orch)
+        .limit_depth(12)
+        .limit_complexity(5000)
+        .finish()
+}
+
+fn orch<'a>(ctx: &Context<'a>) -> &'a Arc<Orchestrator> {
+    // the schema is only ever built with the orchestrator in its data (see `schema`)
+    ctx.data_unchecked::<Arc<Orchestrator>>()
+}
+
+fn require_read(ctx: &Context<'_>) -> Result<(), Error> {
+    let operator = ctx.data_opt::<Auth>().is_some_and(|a| a.operator);
+    if operator || orch(ctx).config().api.public_reads {
+        Ok(())
+    } else {
+        Err(Error::new("unauthorized: reads need the operator token (Authorization: Bearer …)"))
+    }
+}
+
+fn require_operator(ctx: &Context<'_>) -> Result<(), Error> {
+    if ctx.data_opt::<Auth>().is_some_and(|a| a.operator) {
+        Ok(())
+    } else {
+        Err(Error::new("unauthorized: mutations need the operator token (Authorization: Bearer …)"))
+    }
+}
+
+fn parse_id(id: &ID) -> Result<Uuid, Error> {
+    Uuid::parse_str(id).map_err(|_| Error::new(format!("`{}` is not a job id", id.as_str())))
+}
+
+fn non_negative(name: &str, v: Option<i32>) -> Result<Option<u64>, Error> {
+    match v {
+        Some(n) if n < 0 => Err(Error::new(format!("{name} must not be negative"))),
+        Some(n) => Ok(Some(n as u64)),
+        None => Ok(None),
+    }
+}
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// Every node that ever joined, with its health and load.
+    async fn nodes(&self, ctx: &Context<'_>) -> Result<Vec<NodeView>, Error> {
+        require_read(ctx)?;
+        let o = orch(ctx);
+        Ok(o.store().nodes()?.into_iter().map(|n| NodeView::new(o, n)).collect())
+    }
+
+    async fn node(&self, ctx: &Context<'_>, id: String) -> Result<Option<NodeView>, Error> {
+        require_read(ctx)?;
+        let o = orch(ctx);
+        Ok(o.store().node(&id)?.map(|n| NodeView::new(o, n)))
+    }
+
+    async fn job(&self, ctx: &Context<'_>, id: ID) -> Result<Option<JobView>, Error> {
+        require_read(ctx)?;
+        Ok(orch(ctx).store().job(parse_id(&id)?)?.map(JobView))
+    }
+
+    /// Jobs, newest first, filtered by state and kind.
+    async fn jobs(
+        &self,
+        ctx: &Context<'_>,
+        status: Option<JobState>,
+        kind: Option<String>,
+        #[graphql(default = 100)] limit: i32,
+    ) -> Result<Vec<JobView>, Error> {
+        require_read(ctx)?;
+        if !(1..=10_000).contains(&limit) {
+            return Err(Error::new("limit must be between 1 and 10000"));
+        }
+        let mut out = Vec::new();
+        for job in orch(ctx).store().jobs() {
+            let job = job?;
+            if status.is_some_and(|s| s != job.state) || kind.as_ref().is_some_and(|k| *k != job.kind) {
+                continue;
+            }
+            out.push(JobView(job));
+        }
+        out.reverse();
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    /// The cluster as this orchestrator sees it.
+    async fn cluster(&self, ctx: &Context<'_>) -> Result<ClusterView, Error> {
+        require_read(ctx)?;
+        let o = orch(ctx);
+        Ok(ClusterView {
+            id: o.secrets().cluster_id.clone(),
+            orchestrator: o.self_id().to_owned(),
+            version: crate::VERSION.to_owned(),
+            queued_jobs: o.queued_count() as i32,
+        })
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct ClusterView {
+    id: String,
+    orchestrator: String,
+    version: String,
+    queued_jobs: i32,
+}
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// Stores a job and queues it; returns once it is durable.
+    #[allow(clippy::too_many_arguments)]
+    async fn enqueue_job(
+        &self,
+        ctx: &Context<'_>,
+        kind: String,
+        spec: Option<Json<serde_json::Value>>,
+        #[graphql(default = 0)] priority: i32,
+        max_attempts: Option<i32>,
+        isolation: Option<Isolation>,
+        memory_mb: Option<i32>,
+        timeout_secs: Option<i32>,
+    ) -> Result<JobView, Error> {
+        require_operator(ctx)?;
+        let req = JobRequest {
+            kind,
+            spec: spec.map(|s| s.0),
+            priority,
+            max_attempts: non_negative("maxAttempts", max_attempts)?.map(|n| n as u32),
+            isolation,
+            memory_mb: non_negative("memoryMb", memory_mb)?,
+            timeout_secs: non_negative("timeoutSecs", timeout_secs)?,
+        };
+        Ok(JobView(orch(ctx).enqueue(req).await?))
+    }
+
+    async fn cancel_job(&self, ctx: &Context<'_>, id: ID) -> Result<JobView, Error> {
+        require_operator(ctx)?;
+        Ok(JobView(orch(ctx).cancel(parse_id(&id)?).await?))
+    }
+}
+
+pub struct Subscription;
+
+#[Subscription]
+impl Subscription {
+    /// Every state change of every job (or of one job).
+    async fn job_events(
+        &self,
+        ctx: &Context<'_>,
+        id: Option<ID>,
+    ) -> Result<impl Stream<Item = JobEventView>, Error> {
+        require_read(ctx)?;
+        let only = id.as_ref().map(parse_id).transpose()?;
+        let rx = orch(ctx).subscribe();
+        Ok(tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |n| {
+            let keep = n.ok().filter(|n| only.is_none_or(|id| id == n.job)).map(JobEventView);
+            futures::future::ready(keep)
+        }))
+    }
+}
+
+pub struct JobEventView(JobNotice);
+
+#[Object(name = "JobEvent")]
+impl JobEventView {
+    async fn job_id(&self) -> ID {
+        ID(self.0.job.to_string())
+    }
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+    async fn state(&self) -> JobState {
+        self.0.state
+    }
+    async fn attempt(&self) -> i32 {
+        self.0.attempt as i32
+    }
+    async fn node(&self) -> Option<&str> {
+        self.0.node.as_deref()
+    }
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    async fn at(&self) -> f64 {
+        self.0.at as f64
+    }
+}
+
+pub struct JobView(pub JobRecord);
+
+#[Object(name = "Job")]
+impl JobView {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+    async fn spec(&self) -> Json<&serde_json::Value> {
+        Json(&self.0.spec)
+    }
+    async fn priority(&self) -> i32 {
+        self.0.priority
+    }
+    async fn state(&self) -> JobState {
+        self.0.state
+    }
+    async fn isolation(&self) -> Isolation {
+        self.0.isolation
+    }
+    /// The current attempt (1-based).
+    async fn attempt(&self) -> i32 {
+        self.0.attempt as i32
+    }
+    async fn max_attempts(&self) -> i32 {
+        self.0.max_attempts as i32
+    }
+    /// The node of the current attempt.
+    async fn node(&self) -> Option<&str> {
+        self.0.node.as_deref()
+    }
+    /// Milliseconds since the epoch.
+    async fn created_at(&self) -> f64 {
+        self.0.created_at as f64
+    }
+    async fn started_at(&self) -> Option<f64> {
+        self.0.started_at.map(|t| t as f64)
+    }
+    async fn finished_at(&self) -> Option<f64> {
+        self.0.finished_at.map(|t| t as f64)
+    }
+    async fn exit_code(&self) -> Option<i32> {
+        self.0.exit_code.map(|c| c as i32)
+    }
+    async fn result(&self) -> Option<Json<&serde_json::Value>> {
+        self.0.result.as_ref().map(Json)
+    }
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    async fn attempts(&self) -> Vec<AttemptView> {
+        self.0.attempts.iter().cloned().map(AttemptView).collect()
+    }
+    /// Captured output lines, oldest first.
+    async fn log(&self, ctx: &Context<'_>) -> Result<Vec<LogLineView>, Error> {
+        Ok(orch(ctx).logs(self.0.id)?.into_iter().map(LogLineView).collect())
+    }
+}
+
+pub struct AttemptView(Attempt);
+
+#[Object(name = "Attempt")]
+impl AttemptView {
+    async fn number(&self) -> i32 {
+        self.0.number as i32
+    }
+    async fn node(&self) -> &str {
+        &self.0.node
+    }
+    async fn assigned_at(&self) -> f64 {
+        self.0.assigned_at as f64
+    }
+    async fn started_at(&self) -> Option<f64> {
+        self.0.started_at.map(|t| t as f64)
+    }
+    async fn finished_at(&self) -> Option<f64> {
+        self.0.finished_at.map(|t| t as f64)
+    }
+    async fn outcome(&self) -> Option<&str> {
+        self.0.outcome.as_deref()
+    }
+}
+
+pub struct LogLineView(LogLine);
+
+#[Object(name = "LogLine")]
+impl LogLineView {
+    async fn at(&self) -> f64 {
+        self.0.at as f64
+    }
+    async fn attempt(&self) -> i32 {
+        self.0.attempt as i32
+    }
+    async fn stream(&self) -> &str {
+        &self.0.stream
+    }
+    async fn text(&self) -> &str {
+        &self.0.text
+    }
+}
+
+pub struct NodeView {
+    node: NodeRecord,
+    alive: bool,
+    orchestrator: bool,
+    running: u32,
+}
+
+impl NodeView {
+    fn new(o: &Orchestrator, node: NodeRecord) -> Self {
+        Self {
+            alive: o.is_alive(&node.id),
+            orchestrator: node.id == o.self_id(),
+            running: o.active_per_node().get(&node.id).copied().unwrap_or(0),
+            node,
+        }
+    }
+}
+
+#[Object(name = "Node")]
+impl NodeView {
+    async fn id(&self) -> &str {
+        &self.node.id
+    }
+    async fn name(&self) -> &str {
+        &self.node.name
+    }
+    async fn address(&self) -> &str {
+        &self.node.address
+    }
+    async fn api_port(&self) -> i32 {
+        self.node.api_port as i32
+    }
+    async fn version(&self) -> &str {
+        &self.node.version
+    }
+    /// `orchestrator` or `worker`.
+    async fn role(&self) -> &str {
+        if self.orchestrator {
+            "orchestrator"
+        } else {
+            "worker"
+        }
+    }
+    /// Whether its heartbeats arrive within the grace period.
+    async fn alive(&self) -> bool {
+        self.alive
+    }
+    async fn joined_at(&self) -> f64 {
+        self.node.joined_at as f64
+    }
+    async fn last_seen(&self) -> f64 {
+        self.node.last_seen as f64
+    }
+    async fn slots(&self) -> i32 {
+        self.node.slots as i32
+    }
+    /// Jobs assigned to or running on it now.
+    async fn running_jobs(&self) -> i32 {
+        self.running as i32
+    }
+    async fn stats(&self) -> Option<&NodeStats> {
+        self.node.stats.as_ref()
+    }
+}

@@ -1,0 +1,475 @@
+//! The agent's HTTP API on one port (rocket): `/ping`, REST under `/api/v1`, `/log/<id>`,
+//! `/metrics` (Prometheus text), GraphQL at `/graphql` with `/graphiql` and subscriptions
+//! over a websocket at `/graphql/ws`, and the join handshake.
+//!
+//! Authorization is decided here, in one place: mutations need the operator token as a
+//! bearer token; reads need it too unless `api.public_reads` is set.
+
+pub mod graphql;
+
+use crate::identity;
+use crate::orchestrator::{JobRequest, JoinRequest, Orchestrator, OrchestratorError};
+use crate::store::JobState;
+use async_graphql_rocket::{GraphQLQuery, GraphQLRequest, GraphQLResponse};
+use graphql::{Auth, KrakenSchema};
+use rocket::http::{ContentType, Status};
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket::response::{self, Responder};
+use rocket::serde::json::Json;
+use rocket::{catch, catchers, get, post, routes, State};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("this node is a worker; ask the orchestrator")]
+    NotOrchestrator,
+    #[error("{0}")]
+    Internal(String),
+    #[error("cannot start the API: {0}")]
+    Launch(String),
+}
+
+impl ApiError {
+    fn status(&self) -> Status {
+        match self {
+            Self::Unauthorized(_) => Status::Unauthorized,
+            Self::NotFound(_) => Status::NotFound,
+            Self::BadRequest(_) => Status::BadRequest,
+            Self::NotOrchestrator => Status::ServiceUnavailable,
+            Self::Internal(_) | Self::Launch(_) => Status::InternalServerError,
+        }
+    }
+}
+
+/// Maps orchestrator errors to HTTP statuses, in one place.
+impl From<OrchestratorError> for ApiError {
+    fn from(e: OrchestratorError) -> Self {
+        match e {
+            OrchestratorError::Job(_) | OrchestratorError::Invalid(_) => Self::BadRequest(e.to_string()),
+            OrchestratorError::NoSuchJob(_) => Self::NotFound(e.to_string()),
+            OrchestratorError::JoinRefused(_) => Self::Unauthorized("join refused: wrong or expired proof of the cluster token"),
+            OrchestratorError::AlreadyFinal { .. } => Self::BadRequest(e.to_string()),
+            OrchestratorError::Store(_) | OrchestratorError::Broker(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl<'r> Responder<'r, 'static> for ApiError {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        if matches!(self, Self::Internal(_)) {
+            tracing::error!(error = %self, path = %req.uri(), "request failed");
+        }
+        let body = json!({ "error": self.to_string() }).to_string();
+        response::Response::build_from(body.respond_to(req)?)
+            .status(self.status())
+            .header(ContentType::JSON)
+            .ok()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// What the API serves from.
+pub struct ApiState {
+    pub orch: Option<Arc<Orchestrator>>,
+    pub schema: Option<KrakenSchema>,
+    pub operator_token: Option<String>,
+    pub public_reads: bool,
+}
+
+impl ApiState {
+    fn orch(&self) -> ApiResult<&Arc<Orchestrator>> {
+        self.orch.as_ref().ok_or(ApiError::NotOrchestrator)
+    }
+}
+
+fn bearer<'a>(req: &'a Request<'_>) -> Option<&'a str> {
+    req.headers()
+        .get_one("Authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+fn is_operator(req: &Request<'_>, state: &ApiState) -> bool {
+    match (bearer(req), &state.operator_token) {
+        (Some(given), Some(token)) => identity::macs_equal(given, token),
+        _ => false,
+    }
+}
+
+/// Any caller, with whether it holds the operator token.
+pub struct Caller(Auth);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Caller {
+    type Error = ApiError;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ApiError> {
+        let operator = req
+            .rocket()
+            .state::<ApiState>()
+            .is_some_and(|s| is_operator(req, s));
+        Outcome::Success(Caller(Auth { operator }))
+    }
+}
+
+/// A caller allowed to read.
+pub struct Reader;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Reader {
+    type Error = ApiError;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ApiError> {
+        match req.rocket().state::<ApiState>() {
+            Some(s) if s.public_reads || is_operator(req, s) => Outcome::Success(Reader),
+            _ => {
+                req.local_cache(|| "reads need the operator token (Authorization: Bearer …)");
+                Outcome::Error((Status::Unauthorized, ApiError::Unauthorized("reads need the operator token")))
+            }
+        }
+    }
+}
+
+/// A caller holding the operator token.
+pub struct Operator;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Operator {
+    type Error = ApiError;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ApiError> {
+        match req.rocket().state::<ApiState>() {
+            Some(s) if is_operator(req, s) => Outcome::Success(Operator),
+            _ => {
+                req.local_cache(|| "this needs the operator token (Authorization: Bearer …)");
+                Outcome::Error((Status::Unauthorized, ApiError::Unauthorized("this needs the operator token")))
+            }
+        }
+    }
+}
+
+#[get("/ping")]
+fn ping() -> &'static str {
+    "pong"
+}
+
+#[get("/api/v1/cluster")]
+fn cluster(_r: Reader, s: &State<ApiState>) -> ApiResult<Json<Value>> {
+    let o = s.orch()?;
+    Ok(Json(json!({
+        "id": o.secrets().cluster_id,
+        "orchestrator": o.self_id(),
+        "version": crate::VERSION,
+        "queued_jobs": o.queued_count(),
+    })))
+}
+
+#[get("/api/v1/nodes")]
+fn nodes(_r: Reader, s: &State<ApiState>) -> ApiResult<Json<Value>> {
+    let o = s.orch()?;
+    let active = o.active_per_node();
+    let nodes: Vec<Value> = o
+        .store()
+        .nodes()?
+        .into_iter()
+        .map(|n| {
+            let mut v = serde_json::to_value(&n).unwrap_or_default();
+            v["alive"] = json!(o.is_alive(&n.id));
+            v["role"] = json!(if n.id == o.self_id() { "orchestrator" } else { "worker" });
+            v["running_jobs"] = json!(active.get(&n.id).copied().unwrap_or(0));
+            v
+        })
+        .collect();
+    Ok(Json(Value::Array(nodes)))
+}
+
+fn parse_job_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("`{id}` is not a job id")))
+}
+
+#[get("/api/v1/jobs?<status>&<kind>&<limit>")]
+fn jobs(
+    _r: Reader,
+    s: &State<ApiState>,
+    status: Option<&str>,
+    kind: Option<&str>,
+    limit: Option<usize>,
+) -> ApiResult<Json<Value>> {
+    let o = s.orch()?;
+    let status = match status {
+        None => None,
+        Some(v) => Some(
+            JobState::ALL
+                .into_iter()
+                .find(|st| st.as_str().eq_ignore_ascii_case(v))
+                .ok_or_else(|| ApiError::BadRequest(format!("unknown status `{v}`")))?,
+        ),
+    };
+    let mut out = Vec::new();
+    for job in o.store().jobs() {
+        let job = job?;
+        if status.is_some_and(|st| st != job.state) || kind.is_some_and(|k| k != job.kind) {
+            continue;
+        }
+        out.push(serde_json::to_value(&job).unwrap_or_default());
+    }
+    out.reverse();
+    out.truncate(limit.unwrap_or(100).min(10_000));
+    Ok(Json(Value::Array(out)))
+}
+
+#[get("/api/v1/jobs/<id>")]
+fn job(_r: Reader, s: &State<ApiState>, id: &str) -> ApiResult<Json<Value>> {
+    let o = s.orch()?;
+    let id = parse_job_id(id)?;
+    let job = o
+        .store()
+        .job(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    Ok(Json(serde_json::to_value(job).unwrap_or_default()))
+}
+
+#[post("/api/v1/jobs", data = "<body>")]
+async fn enqueue(_op: Operator, s: &State<ApiState>, body: &str) -> ApiResult<(Status, Json<Value>)> {
+    let o = s.orch()?;
+    let req: JobRequest = serde_json::from_str(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed job request: {e}")))?;
+    let job = o.enqueue(req).await?;
+    Ok((Status::Created, Json(serde_json::to_value(job).unwrap_or_default())))
+}
+
+#[post("/api/v1/jobs/<id>/cancel")]
+async fn cancel(_op: Operator, s: &State<ApiState>, id: &str) -> ApiResult<Json<Value>> {
+    let o = s.orch()?;
+    let job = o.cancel(parse_job_id(id)?).await?;
+    Ok(Json(serde_json::to_value(job).unwrap_or_default()))
+}
+
+#[get("/log/<id>")]
+fn log(_r: Reader, s: &State<ApiState>, id: &str) -> ApiResult<(ContentType, String)> {
+    let o = s.orch()?;
+    let id = parse_job_id(id)?;
+    if o.store().job(id)?.is_none() {
+        return Err(ApiError::NotFound(format!("no job {id}")));
+    }
+    let mut text = String::new();
+    for line in o.logs(id)? {
+        let _ = writeln!(text, "{}", line.text);
+    }
+    Ok((ContentType::Plain, text))
+}
+
+#[get("/api/v1/join/challenge")]
+fn join_challenge(s: &State<ApiState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "nonce": s.orch()?.join_challenge() })))
+}
+
+#[post("/api/v1/join", data = "<body>")]
+async fn join(s: &State<ApiState>, body: &str, ip: Option<IpAddr>) -> ApiResult<Json<Value>> {
+    let o = s.orch()?;
+    let req: JoinRequest = serde_json::from_str(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed join request: {e}")))?;
+    let address = ip.map(|i| i.to_string()).unwrap_or_default();
+    let resp = o.join(req, address).await?;
+    Ok(Json(serde_json::to_value(resp).unwrap_or_default()))
+}
+
+#[get("/metrics")]
+async fn metrics(s: &State<ApiState>) -> ApiResult<(ContentType, String)> {
+    let o = s.orch()?;
+    let mut by_state = std::collections::HashMap::new();
+    for job in o.store().jobs() {
+        *by_state.entry(job?.state).or_insert(0u64) += 1;
+    }
+    let mut m = String::new();
+    let _ = writeln!(m, "# HELP kraken_jobs Jobs by state.\n# TYPE kraken_jobs gauge");
+    for st in JobState::ALL {
+        let _ = writeln!(m, "kraken_jobs{{state=\"{}\"}} {}", st.as_str(), by_state.get(&st).unwrap_or(&0));
+    }
+    let nodes = o.store().nodes()?;
+    let alive = nodes.iter().filter(|n| o.is_alive(&n.id)).count();
+    let _ = writeln!(m, "# HELP kraken_nodes Nodes known to the orchestrator.\n# TYPE kraken_nodes gauge");
+    let _ = writeln!(m, "kraken_nodes{{alive=\"true\"}} {alive}");
+    let _ = writeln!(m, "kraken_nodes{{alive=\"false\"}} {}", nodes.len() - alive);
+    let _ = writeln!(m, "# HELP kraken_jobs_dispatched_total Job attempts sent to workers.\n# TYPE kraken_jobs_dispatched_total counter");
+    let _ = writeln!(m, "kraken_jobs_dispatched_total {}", o.counters.dispatched.load(std::sync::atomic::Ordering::Relaxed));
+    let _ = writeln!(m, "# HELP kraken_jobs_lost_total Job attempts lost with a dead worker.\n# TYPE kraken_jobs_lost_total counter");
+    let _ = writeln!(m, "kraken_jobs_lost_total {}", o.counters.dead_workers.load(std::sync::atomic::Ordering::Relaxed));
+    let _ = writeln!(m, "# HELP kraken_queue_depth Messages waiting in a broker queue.\n# TYPE kraken_queue_depth gauge");
+    if let Some(broker) = o.broker() {
+        let mut queues: Vec<String> = ["sysinfo", "events", "logs", crate::broker::DEAD_LETTER_QUEUE]
+            .iter()
+            .map(|q| q.to_string())
+            .collect();
+        queues.extend(nodes.iter().map(|n| crate::broker::work_queue(&n.id)));
+        for q in queues {
+            if let Some(depth) = broker.queue_depth(&q).await {
+                let _ = writeln!(m, "kraken_queue_depth{{queue=\"{q}\"}} {depth}");
+            }
+        }
+    }
+    let _ = writeln!(m, "# HELP kraken_scheduler_queued Jobs waiting for a slot.\n# TYPE kraken_scheduler_queued gauge");
+    let _ = writeln!(m, "kraken_scheduler_queued {}", o.queued_count());
+    Ok((ContentType::new("text", "plain").with_params(("version", "0.0.4")), m))
+}
+
+#[post("/graphql", data = "<request>", format = "application/json")]
+async fn graphql_post(caller: Caller, s: &State<ApiState>, request: GraphQLRequest) -> ApiResult<GraphQLResponse> {
+    let schema = s.schema.as_ref().ok_or(ApiError::NotOrchestrator)?;
+    Ok(request.data(caller.0).execute(schema).await)
+}
+
+#[get("/graphql?<query..>")]
+async fn graphql_get(caller: Caller, s: &State<ApiState>, query: GraphQLQuery) -> ApiResult<GraphQLResponse> {
+    let schema = s.schema.as_ref().ok_or(ApiError::NotOrchestrator)?;
+    let request: GraphQLRequest = query.into();
+    Ok(request.data(caller.0).execute(schema).await)
+}
+
+#[get("/graphiql")]
+fn graphiql() -> (ContentType, String) {
+    (
+        ContentType::HTML,
+        async_graphql::http::GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .finish(),
+    )
+}
+
+/// The websocket answer with the subprotocol header graphql-ws clients require.
+struct WithProtocol<R>(R);
+
+impl<'r, 'o: 'r, R: Responder<'r, 'o>> Responder<'r, 'o> for WithProtocol<R> {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'o> {
+        let mut resp = self.0.respond_to(req)?;
+        resp.set_raw_header("Sec-WebSocket-Protocol", "graphql-transport-ws");
+        Ok(resp)
+    }
+}
+
+#[get("/graphql/ws")]
+fn graphql_ws(ws: rocket_ws::WebSocket, caller: Caller, s: &State<ApiState>) -> ApiResult<WithProtocol<rocket_ws::Channel<'static>>> {
+    use futures::{SinkExt, StreamExt};
+    let schema = s.schema.clone().ok_or(ApiError::NotOrchestrator)?;
+    let token = s.operator_token.clone();
+    let header_auth = caller.0;
+    Ok(WithProtocol(ws.channel(move |stream| {
+        Box::pin(async move {
+            let (mut sink, source) = stream.split();
+            let input = source.filter_map(|m| {
+                futures::future::ready(match m {
+                    Ok(rocket_ws::Message::Text(t)) => Some(t.into_bytes()),
+                    Ok(rocket_ws::Message::Binary(b)) => Some(b),
+                    _ => None,
+                })
+            });
+            let mut output = async_graphql::http::WebSocket::new(
+                schema,
+                input,
+                async_graphql::http::WebSocketProtocols::GraphQLWS,
+            )
+            .on_connection_init(move |payload| async move {
+                // a browser cannot set headers on a websocket: the token may come in the payload
+                let given = payload
+                    .get("authorization")
+                    .or_else(|| payload.get("Authorization"))
+                    .and_then(|v| v.as_str())
+                    .map(|v| v.trim_start_matches("Bearer ").trim().to_owned());
+                let operator = header_auth.operator
+                    || matches!((given, token), (Some(g), Some(t)) if identity::macs_equal(&g, &t));
+                let mut data = async_graphql::Data::default();
+                data.insert(Auth { operator });
+                Ok(data)
+            });
+            while let Some(msg) = output.next().await {
+                let out = match msg {
+                    async_graphql::http::WsMessage::Text(t) => rocket_ws::Message::Text(t),
+                    async_graphql::http::WsMessage::Close(code, reason) => {
+                        rocket_ws::Message::Close(Some(rocket_ws::frame::CloseFrame {
+                            code: rocket_ws::frame::CloseCode::from(code),
+                            reason: reason.into(),
+                        }))
+                    }
+                };
+                if sink.send(out).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    })))
+}
+
+#[catch(default)]
+fn default_catcher(status: Status, req: &Request<'_>) -> (Status, (ContentType, String)) {
+    let cached: &&str = req.local_cache(|| "");
+    let message = if cached.is_empty() {
+        status.reason().unwrap_or("error").to_lowercase()
+    } else {
+        cached.to_string()
+    };
+    (status, (ContentType::JSON, json!({ "error": message }).to_string()))
+}
+
+/// Serves the API on `bind:port` until `shutdown`.
+pub async fn serve(
+    state: ApiState,
+    bind: &str,
+    port: u16,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    let address: IpAddr = bind
+        .parse()
+        .map_err(|_| ApiError::Launch(format!("api.bind `{bind}` is not an IP address")))?;
+    let figment = rocket::Config::figment()
+        .merge(("address", address))
+        .merge(("port", port))
+        .merge(("log_level", rocket::config::LogLevel::Off))
+        .merge(("cli_colors", false))
+        .merge(("ident", "kraken"))
+        .merge(("shutdown.ctrlc", false))
+        .merge(("shutdown.signals", Vec::<String>::new()))
+        .merge(("shutdown.grace", 2))
+        .merge(("shutdown.mercy", 2))
+        .merge(("limits.json", "1 MiB"))
+        .merge(("limits.string", "1 MiB"));
+    let rocket = rocket::custom(figment)
+        .manage(state)
+        .mount(
+            "/",
+            routes![
+                ping, cluster, nodes, jobs, job, enqueue, cancel, log, join_challenge, join, metrics,
+                graphql_post, graphql_get, graphiql, graphql_ws
+            ],
+        )
+        .register("/", catchers![default_catcher])
+        .ignite()
+        .await
+        .map_err(|e| ApiError::Launch(e.to_string()))?;
+    let handle = rocket.shutdown();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        handle.notify();
+    });
+    rocket
+        .launch()
+        .await
+        .map_err(|e| ApiError::Launch(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,462 @@
+//! Configuration: `kraken.toml`, then `KRAKEN_<SECTION>_<KEY>` environment variables, then
+//! command-line flags, merged into one validated [`Config`]. Every error names the key.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, always naming the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: no setting `{key}` in section [{section}]")]
+    UnknownEnv {
+        var: String,
+        section: String,
+        key: String,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub api: ApiConfig,
+    pub broker: BrokerConfig,
+    pub worker: WorkerConfig,
+    pub orchestrator: OrchestratorConfig,
+    pub join: JoinConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Human name of this device; the hostname by default.
+    pub name: String,
+    /// Where the store, tokens, node id and the supervised broker's files live.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub log: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: hostname(),
+            data_dir: PathBuf::from("/var/lib/kraken"),
+            log: "info,rocket=warn,rocket::launch=warn,lapin=off".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the REST + GraphQL API binds to.
+    pub bind: String,
+    pub port: u16,
+    /// Whether queries (not mutations) are allowed without the operator token.
+    pub public_reads: bool,
+    /// The address other nodes use to reach this one (its LAN address); guessed when empty.
+    pub advertise: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0".into(),
+            port: 8080,
+            public_reads: false,
+            advertise: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// An external AMQP URL; when empty the orchestrator supervises its own `rabbitmq-server`.
+    pub url: String,
+    /// AMQP port of the supervised broker.
+    pub amqp_port: u16,
+    /// Erlang distribution port of the supervised broker (default: AMQP port + 20000).
+    pub dist_port: u16,
+    /// The `rabbitmq-server` executable.
+    pub server_bin: String,
+    /// The `rabbitmqctl` executable.
+    pub ctl_bin: String,
+    /// Messages a consumer may hold unacknowledged.
+    pub prefetch: u16,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            amqp_port: 5672,
+            dist_port: 0,
+            server_bin: "rabbitmq-server".into(),
+            ctl_bin: "rabbitmqctl".into(),
+            prefetch: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Jobs this node runs at once; 0 makes it a pure orchestrator.
+    pub slots: u32,
+    /// Memory limit of one job container, MiB.
+    pub job_memory_mb: u64,
+    /// CPU limit of one job container, in cores.
+    pub job_cpus: f64,
+    /// Time limit of one job, seconds.
+    pub job_timeout_secs: u64,
+    /// Heartbeat period, milliseconds.
+    pub heartbeat_ms: u64,
+    /// The Docker endpoint (`unix:///var/run/docker.sock` by default).
+    pub docker_host: String,
+    /// The image job images build `FROM`.
+    pub base_image: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            slots: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+                .max(1),
+            job_memory_mb: 256,
+            job_cpus: 1.0,
+            job_timeout_secs: 600,
+            heartbeat_ms: 1000,
+            docker_host: String::new(),
+            base_image: "debian:bookworm-slim".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// A worker silent this long is dead and its jobs are placed again, milliseconds.
+    pub grace_ms: u64,
+    /// Attempts of a job before it is `failed`, unless the job says otherwise.
+    pub max_attempts: u32,
+    /// First retry delay, doubled per attempt, milliseconds.
+    pub retry_backoff_ms: u64,
+    /// Log lines kept per job; older lines are dropped first.
+    pub max_log_lines: u32,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            grace_ms: 5000,
+            max_attempts: 3,
+            retry_backoff_ms: 1000,
+            max_log_lines: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct JoinConfig {
+    /// The orchestrator's API URL; empty means "be the orchestrator".
+    pub url: String,
+    /// The cluster join token.
+    pub token: String,
+}
+
+/// Settings given on the command line; they win over file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub api_port: Option<u16>,
+    pub amqp_port: Option<u16>,
+    pub join_url: Option<String>,
+    pub join_token: Option<String>,
+    pub slots: Option<u32>,
+    pub name: Option<String>,
+}
+
+impl Config {
+    /// Loads `path` (when given, or `./kraken.toml` when present), applies the `KRAKEN_*`
+    /// variables from `env`, then `overrides`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let default_path = Path::new("kraken.toml");
+        let path = path.or_else(|| default_path.exists().then_some(default_path));
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.message().to_owned(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let mut config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            ConfigError::Parse {
+                path: path.map(Path::to_owned).unwrap_or_else(|| "environment".into()),
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.data_dir {
+            self.node.data_dir = v.clone();
+        }
+        if let Some(v) = o.api_port {
+            self.api.port = v;
+        }
+        if let Some(v) = o.amqp_port {
+            self.broker.amqp_port = v;
+        }
+        if let Some(v) = &o.join_url {
+            self.join.url = v.clone();
+        }
+        if let Some(v) = &o.join_token {
+            self.join.token = v.clone();
+        }
+        if let Some(v) = o.slots {
+            self.worker.slots = v;
+        }
+        if let Some(v) = &o.name {
+            self.node.name = v.clone();
+        }
+    }
+
+    /// Checks every value a typo or a wrong unit could break.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })
+        };
+        if self.node.name.trim().is_empty() {
+            return invalid("node.name", "must not be empty".into());
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            return invalid("node.data_dir", "must not be empty".into());
+        }
+        if self.api.port == 0 {
+            return invalid("api.port", "must be between 1 and 65535".into());
+        }
+        if self.broker.url.is_empty() && self.broker.amqp_port == 0 {
+            return invalid("broker.amqp_port", "must be between 1 and 65535".into());
+        }
+        if !self.broker.url.is_empty()
+            && !(self.broker.url.starts_with("amqp://") || self.broker.url.starts_with("amqps://"))
+        {
+            return invalid(
+                "broker.url",
+                format!("`{}` is not an amqp:// URL", self.broker.url),
+            );
+        }
+        if self.broker.prefetch == 0 {
+            return invalid("broker.prefetch", "must be at least 1".into());
+        }
+        if self.worker.slots > 1024 {
+            return invalid("worker.slots", format!("{} is more than 1024", self.worker.slots));
+        }
+        if self.worker.job_memory_mb < 6 {
+            return invalid(
+                "worker.job_memory_mb",
+                "must be at least 6 (Docker's minimum)".into(),
+            );
+        }
+        if !(self.worker.job_cpus > 0.0 && self.worker.job_cpus <= 1024.0) {
+            return invalid("worker.job_cpus", "must be between 0 and 1024".into());
+        }
+        if self.worker.job_timeout_secs == 0 {
+            return invalid("worker.job_timeout_secs", "must be at least 1".into());
+        }
+        if !(50..=60_000).contains(&self.worker.heartbeat_ms) {
+            return invalid("worker.heartbeat_ms", "must be between 50 and 60000".into());
+        }
+        if self.orchestrator.grace_ms < 2 * self.worker.heartbeat_ms {
+            return invalid(
+                "orchestrator.grace_ms",
+                format!(
+                    "must be at least two heartbeats ({} ms)",
+                    2 * self.worker.heartbeat_ms
+                ),
+            );
+        }
+        if self.orchestrator.max_attempts == 0 {
+            return invalid("orchestrator.max_attempts", "must be at least 1".into());
+        }
+        if !self.join.url.is_empty() {
+            if !(self.join.url.starts_with("http://") || self.join.url.starts_with("https://")) {
+                return invalid(
+                    "join.url",
+                    format!("`{}` is not an http:// URL", self.join.url),
+                );
+            }
+            if self.join.token.is_empty() {
+                return invalid(
+                    "join.token",
+                    "joining needs the cluster token (`kraken token` on the orchestrator)".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The AMQP distribution port of the supervised broker.
+    pub fn dist_port(&self) -> u16 {
+        if self.broker.dist_port != 0 {
+            self.broker.dist_port
+        } else {
+            self.broker.amqp_port.wrapping_add(20000)
+        }
+    }
+}
+
+/// The config sections an environment variable may address.
+const SECTIONS: [&str; 6] = ["node", "api", "broker", "worker", "orchestrator", "join"];
+
+/// Folds `KRAKEN_<SECTION>_<KEY>=value` into the TOML table. Variables of other prefixes
+/// (say `KRAKEN_JOB_SPEC`, used inside job containers) are not settings and are skipped.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let known = toml::Value::try_from(Config::default()).ok();
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("KRAKEN_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+            rest.strip_prefix(s)
+                .and_then(|k| k.strip_prefix('_'))
+                .map(|k| (*s, k.to_owned()))
+        }) else {
+            continue;
+        };
+        let default = known
+            .as_ref()
+            .and_then(|k| k.get(section))
+            .and_then(|s| s.get(&key));
+        let Some(default) = default else {
+            return Err(ConfigError::UnknownEnv {
+                var,
+                section: section.into(),
+                key,
+            });
+        };
+        let parsed = parse_like(default, &value).ok_or_else(|| ConfigError::Invalid {
+            key: format!("{section}.{key}"),
+            message: format!("`{value}` (from {var}) is not a {}", default.type_str()),
+        })?;
+        let entry = table
+            .entry(section.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = entry {
+            t.insert(key, parsed);
+        }
+    }
+    Ok(())
+}
+
+/// Parses an environment string as the same TOML type as the default value.
+fn parse_like(default: &toml::Value, value: &str) -> Option<toml::Value> {
+    Some(match default {
+        toml::Value::String(_) => toml::Value::String(value.to_owned()),
+        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse().ok()?),
+        toml::Value::Float(_) => toml::Value::Float(value.trim().parse().ok()?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(value.trim().parse().ok()?),
+        _ => return None,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "kraken".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kraken.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(Some(&path), env, &Overrides::default())
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let c = load("[api]\nport = 9000\n", &[("KRAKEN_WORKER_SLOTS", "7")]).unwrap();
+        assert_eq!(c.api.port, 9000);
+        assert_eq!(c.worker.slots, 7);
+        let c = load(
+            "[api]\nport = 9000\n",
+            &[("KRAKEN_API_PORT", "9100"), ("KRAKEN_JOB_SPEC", "{}")],
+        )
+        .unwrap();
+        assert_eq!(c.api.port, 9100);
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let err = load("[worker]\nslotz = 3\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("slotz"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_value_is_named() {
+        let err = load("", &[("KRAKEN_API_PORT", "eighty")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.port") && err.contains("eighty"), "{err}");
+        let err = load("", &[("KRAKEN_API_PROT", "80")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KRAKEN_API_PROT"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let err = load("[worker]\njob_memory_mb = 1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("worker.job_memory_mb"), "{err}");
+        let err = load("[join]\nurl = \"http://x:8080\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("join.token"), "{err}");
+    }
+}

@@ -1,0 +1,49 @@
+//! Kraken: a self-organizing cluster agent for a home LAN.
+//!
+//! # Layout
+//!
+//! Every device runs the same agent ([`agent::run`]). One agent is the
+//! orchestrator; every agent is a worker.
+//!
+//! - [`config`]: `kraken.toml` + `KRAKEN_*` environment + flags, one validated [`config::Config`].
+//! - [`identity`]: the node id and the cluster's secrets in the data dir (join and operator
+//!   tokens, mode 0600), and the HMAC proofs of the join handshake.
+//! - [`store`]: the persistent state (nodes, jobs, job logs) behind our own types; sled today.
+//! - [`broker`]: RabbitMQ: the supervised `rabbitmq-server` child, users and vhost, the AMQP
+//!   topology and the typed messages that cross it.
+//! - [`orchestrator`]: accepts jobs, places them on the least-loaded worker with a free slot,
+//!   applies the workers' events to the store, watches liveness and retries.
+//! - [`worker`]: joins the orchestrator, sends heartbeats (CPU, memory, disk, load, containers),
+//!   runs the jobs it is given and reports events and log lines back.
+//! - [`runtime`]: Docker through bollard: the job image, containers with limits, logs, cleanup.
+//! - [`jobs`]: the job kinds; each kind is one module implementing [`jobs::JobKind`].
+//! - [`api`]: REST + GraphQL (queries, mutations, subscriptions) + `/metrics` + join endpoints.
+//! - [`client`]: the HTTP client the CLI and joining workers use.
+//!
+//! Data flow: operator → `api` → `orchestrator` (stored first, then placed) → AMQP
+//! `work.<node>` → `worker` → `runtime` (container) → AMQP `events`/`logs` → `orchestrator`
+//! → `store` → `api` (queries and subscriptions).
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod api;
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod jobs;
+pub mod orchestrator;
+pub mod runtime;
+pub mod store;
+pub mod worker;
+
+/// The agent's version, also the tag of the job image.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Milliseconds since the Unix epoch, the one clock every record uses.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,272 @@
+//! The `kraken` command: parses the command line, sets up logging and config, and hands over
+//! to the library.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kraken::client::Client;
+use kraken::config::{Config, Overrides};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "kraken", version, about = "A self-organizing cluster agent for a home LAN")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    /// The orchestrator's API.
+    #[arg(long, env = "KRAKEN_API_URL", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// The operator token (default: read from the data dir).
+    #[arg(long, env = "KRAKEN_OPERATOR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data dir holding the operator token.
+    #[arg(long, env = "KRAKEN_NODE_DATA_DIR", default_value = "/var/lib/kraken")]
+    data_dir: PathBuf,
+}
+
+impl ApiArgs {
+    fn client(&self) -> Client {
+        let token = self.token.clone().or_else(|| {
+            std::fs::read_to_string(self.data_dir.join("operator-token"))
+                .ok()
+                .map(|t| t.trim().to_owned())
+        });
+        Client::new(&self.api, token)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (orchestrator and/or worker).
+    Agent {
+        /// Config file (default: ./kraken.toml when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        api_port: Option<u16>,
+        #[arg(long)]
+        amqp_port: Option<u16>,
+        /// The orchestrator's API URL to join.
+        #[arg(long)]
+        join: Option<String>,
+        /// The cluster join token (`kraken token` on the orchestrator).
+        #[arg(long, env = "KRAKEN_JOIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Jobs this node runs at once (0: orchestrate only).
+        #[arg(long)]
+        slots: Option<u32>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Print the cluster join token (or the operator token).
+    Token {
+        #[arg(long, env = "KRAKEN_NODE_DATA_DIR", default_value = "/var/lib/kraken")]
+        data_dir: PathBuf,
+        /// Print the operator token instead.
+        #[arg(long)]
+        operator: bool,
+    },
+    /// List the cluster's nodes.
+    Nodes {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Submit, inspect and run jobs.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Enqueue a job.
+    Submit {
+        kind: String,
+        /// The job's spec, JSON.
+        #[arg(long, default_value = "{}")]
+        spec: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Run inside the worker process (kinds that allow it).
+        #[arg(long)]
+        in_process: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show one job.
+    Get {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List jobs.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print a job's log.
+    Log {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Cancel a job.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Run the job described by KRAKEN_JOB_KIND and KRAKEN_JOB_SPEC (inside a job container).
+    Run,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+#[rocket::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Agent { config, data_dir, api_port, amqp_port, join, token, slots, name } => {
+            let overrides = Overrides {
+                data_dir,
+                api_port,
+                amqp_port,
+                join_url: join,
+                join_token: token,
+                slots,
+                name,
+            };
+            let config = Config::load(config.as_deref(), std::env::vars(), &overrides)
+                .context("invalid configuration")?;
+            init_tracing(&config.node.log);
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                signal.cancel();
+            });
+            kraken::agent::run(config, shutdown).await?;
+        }
+        Command::Token { data_dir, operator } => {
+            let file = if operator { "operator-token" } else { "cluster-token" };
+            let path = data_dir.join(file);
+            let token = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {} (is this the orchestrator's data dir?)", path.display()))?;
+            println!("{}", token.trim());
+        }
+        Command::Nodes { api } => {
+            let nodes = api.client().get("/api/v1/nodes").await?;
+            println!("{:<14} {:<16} {:<13} {:<6} {:>5} {:>7} {:>6} {:>9}", "ID", "NAME", "ROLE", "ALIVE", "SLOTS", "RUNNING", "LOAD1", "MEM MiB");
+            for n in nodes.as_array().into_iter().flatten() {
+                let s = |k: &str| n.get(k).map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())).unwrap_or_default();
+                let stats = n.get("stats").cloned().unwrap_or(Value::Null);
+                println!(
+                    "{:<14} {:<16} {:<13} {:<6} {:>5} {:>7} {:>6.2} {:>9}",
+                    s("id"), s("name"), s("role"), s("alive"), s("slots"), s("running_jobs"),
+                    stats.get("load1").and_then(|v| v.as_f64()).unwrap_or(0.0),
+                    stats.get("memory_used_mb").map(|v| v.to_string()).unwrap_or_default(),
+                );
+            }
+        }
+        Command::Job { command } => return job_command(command).await,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn job_command(command: JobCommand) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        JobCommand::Submit { kind, spec, priority, max_attempts, in_process, api } => {
+            let spec: Value = serde_json::from_str(&spec).context("--spec is not JSON")?;
+            let mut body = json!({ "kind": kind, "spec": spec, "priority": priority });
+            if let Some(n) = max_attempts {
+                body["max_attempts"] = json!(n);
+            }
+            if in_process {
+                body["isolation"] = json!("IN_PROCESS");
+            }
+            let job = api.client().post("/api/v1/jobs", &body).await?;
+            println!("{}", job.get("id").and_then(|v| v.as_str()).unwrap_or_default());
+        }
+        JobCommand::Get { id, api } => print(&api.client().get(&format!("/api/v1/jobs/{id}")).await?),
+        JobCommand::List { status, kind, api } => {
+            let mut q = vec![];
+            if let Some(s) = status {
+                q.push(format!("status={s}"));
+            }
+            if let Some(k) = kind {
+                q.push(format!("kind={k}"));
+            }
+            let jobs = api.client().get(&format!("/api/v1/jobs?{}", q.join("&"))).await?;
+            for j in jobs.as_array().into_iter().flatten() {
+                let s = |k: &str| j.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+                println!("{}  {:<10} {:<10} {}", s("id"), s("kind"), s("state"), s("node"));
+            }
+        }
+        JobCommand::Log { id, api } => match api.client().get(&format!("/log/{id}")).await? {
+            Value::String(text) => print!("{text}"),
+            other => print(&other),
+        },
+        JobCommand::Cancel { id, api } => print(&api.client().post(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await?),
+        JobCommand::Run => {
+            let code = kraken::jobs::run_from_env().await;
+            if code != 0 {
+                return Ok(std::process::ExitCode::from(code as u8));
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,996 @@
+//! The orchestrator: accepts jobs (stored before they are acknowledged), places each on the
+//! least-loaded live worker with a free slot, applies the workers' events to the store
+//! exactly once per attempt, retries with backoff, and re-places the jobs of a worker whose
+//! heartbeats stopped for longer than the grace period. It also admits joining nodes.
+
+use crate::broker::messages::{
+    Heartbeat, JobAssignment, JobChange, JobEvent, JobOutcome, LogBatch, WorkRequest,
+};
+use crate::broker::server::{BrokerUser, RabbitServer, ADMIN_USER};
+use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+use crate::identity;
+use crate::jobs::{self, JobError};
+use crate::store::{
+    Attempt, Isolation, JobRecord, JobState, Limits, LogLine, NodeRecord, Store, StoreError,
+};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("no job {0}")]
+    NoSuchJob(Uuid),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("join refused: {0}")]
+    JoinRefused(String),
+    #[error("job {id} is already {state}")]
+    AlreadyFinal { id: Uuid, state: &'static str },
+}
+
+/// What an operator asks for when enqueueing a job.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub kind: String,
+    #[serde(default)]
+    pub spec: Option<serde_json::Value>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// A change to show on the event subscription.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobNotice {
+    pub job: Uuid,
+    pub kind: String,
+    pub state: JobState,
+    pub attempt: u32,
+    pub node: Option<String>,
+    pub error: Option<String>,
+    pub at: i64,
+}
+
+/// The join handshake's request (see [`crate::identity`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub node_id: String,
+    pub name: String,
+    pub version: String,
+    pub api_port: u16,
+    pub slots: u32,
+    pub server_nonce: String,
+    pub client_nonce: String,
+    pub proof: String,
+}
+
+/// The orchestrator's answer to a good join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub cluster_id: String,
+    pub vhost: String,
+    /// AMQP port on the orchestrator's address; absent when the cluster uses an external
+    /// broker the node must be configured with.
+    pub amqp_port: Option<u16>,
+    pub accept_proof: String,
+}
+
+/// The cluster's identity and secrets, as the orchestrator holds them.
+#[derive(Debug, Clone)]
+pub struct ClusterSecrets {
+    pub cluster_id: String,
+    pub join_token: String,
+    pub operator_token: String,
+}
+
+/// In-memory scheduling state, rebuilt from the store at start.
+#[derive(Default)]
+struct Sched {
+    /// Jobs waiting for a slot, by priority (high first), then age.
+    queued: BTreeSet<(Reverse<i32>, Uuid)>,
+    /// Jobs assigned or running → their node.
+    active: HashMap<Uuid, String>,
+    /// Liveness and load of nodes, from heartbeats.
+    live: HashMap<String, Live>,
+}
+
+struct Live {
+    last_seen: Instant,
+    slots: u32,
+    load: f64,
+    memory_used: f64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    pub dispatched: std::sync::atomic::AtomicU64,
+    pub dead_workers: std::sync::atomic::AtomicU64,
+}
+
+pub struct Orchestrator {
+    config: Config,
+    store: Store,
+    secrets: ClusterSecrets,
+    self_id: String,
+    rabbit: Option<Arc<RabbitServer>>,
+    broker: watch::Sender<Option<Arc<Broker>>>,
+    sched: Mutex<Sched>,
+    wake: Notify,
+    notices: broadcast::Sender<JobNotice>,
+    nonces: Mutex<HashMap<String, Instant>>,
+    pub counters: Counters,
+}
+
+const NONCE_TTL: Duration = Duration::from_secs(60);
+
+impl Orchestrator {
+    pub fn new(
+        config: Config,
+        store: Store,
+        secrets: ClusterSecrets,
+        self_id: String,
+        rabbit: Option<Arc<RabbitServer>>,
+    ) -> Result<Arc<Self>, OrchestratorError> {
+        let mut sched = Sched::default();
+        let started = Instant::now();
+        for job in store.jobs() {
+            let job = job?;
+            match job.state {
+                JobState::Queued => {
+                    sched.queued.insert((Reverse(job.priority), job.id));
+                }
+                JobState::Assigned | JobState::Running => {
+                    if let Some(node) = job.node {
+                        sched.active.insert(job.id, node);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // after a restart every known node gets a full grace period to show up again
+        for node in store.nodes()? {
+            sched.live.insert(
+                node.id.clone(),
+                Live {
+                    last_seen: started,
+                    slots: node.slots,
+                    load: 0.0,
+                    memory_used: 0.0,
+                },
+            );
+        }
+        let (broker, _) = watch::channel(None);
+        Ok(Arc::new(Self {
+            config,
+            store,
+            secrets,
+            self_id,
+            rabbit,
+            broker,
+            sched: Mutex::new(sched),
+            wake: Notify::new(),
+            notices: broadcast::channel(4096).0,
+            nonces: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn secrets(&self) -> &ClusterSecrets {
+        &self.secrets
+    }
+    pub fn self_id(&self) -> &str {
+        &self.self_id
+    }
+    pub fn vhost(&self) -> String {
+        format!("kraken-{}", self.secrets.cluster_id)
+    }
+    pub fn subscribe(&self) -> broadcast::Receiver<JobNotice> {
+        self.notices.subscribe()
+    }
+    pub fn broker(&self) -> Option<Arc<Broker>> {
+        self.broker.borrow().clone()
+    }
+
+    /// Whether a node's heartbeats are recent.
+    pub fn is_alive(&self, node: &str) -> bool {
+        let grace = Duration::from_millis(self.config.orchestrator.grace_ms);
+        lock(&self.sched)
+            .live
+            .get(node)
+            .is_some_and(|l| l.last_seen.elapsed() < grace)
+    }
+
+    /// Jobs assigned to or running on each node.
+    pub fn active_per_node(&self) -> HashMap<String, u32> {
+        let mut out = HashMap::new();
+        for node in lock(&self.sched).active.values() {
+            *out.entry(node.clone()).or_default() += 1;
+        }
+        out
+    }
+
+    pub fn queued_count(&self) -> usize {
+        lock(&self.sched).queued.len()
+    }
+
+    /// The broker users: the administrator and every known node.
+    fn broker_users(&self) -> Result<Vec<BrokerUser>, OrchestratorError> {
+        let mut users = vec![BrokerUser {
+            name: ADMIN_USER.into(),
+            password: identity::broker_password(&self.secrets.join_token, ADMIN_USER),
+            admin: true,
+        }];
+        for node in self.store.nodes()? {
+            users.push(BrokerUser {
+                password: identity::broker_password(&self.secrets.join_token, &node.id),
+                name: node.id,
+                admin: false,
+            });
+        }
+        Ok(users)
+    }
+
+    /// The AMQP URL of `user` on the supervised broker, or the external one.
+    pub fn amqp_url(&self, user: &str) -> String {
+        if !self.config.broker.url.is_empty() {
+            return self.config.broker.url.clone();
+        }
+        let password = identity::broker_password(&self.secrets.join_token, user);
+        format!(
+            "amqp://{user}:{password}@127.0.0.1:{}/{}",
+            self.config.broker.amqp_port,
+            self.vhost()
+        )
+    }
+
+    // ---- jobs ---------------------------------------------------------------------------
+
+    /// Validates, stores (durably) and queues a job; only then is it acknowledged.
+    pub async fn enqueue(&self, req: JobRequest) -> Result<JobRecord, OrchestratorError> {
+        let kind = jobs::find(&req.kind)?;
+        let spec = req.spec.unwrap_or_else(|| serde_json::json!({}));
+        kind.validate(&spec)?;
+        let isolation = req.isolation.unwrap_or_default();
+        if isolation == Isolation::InProcess && !kind.in_process_safe() {
+            return Err(OrchestratorError::Invalid(format!(
+                "kind `{}` cannot run in-process; use CONTAINER isolation",
+                req.kind
+            )));
+        }
+        let w = &self.config.worker;
+        let max_attempts = req.max_attempts.unwrap_or(self.config.orchestrator.max_attempts);
+        if !(1..=100).contains(&max_attempts) {
+            return Err(OrchestratorError::Invalid(
+                "maxAttempts must be between 1 and 100".into(),
+            ));
+        }
+        let memory_mb = req.memory_mb.unwrap_or(w.job_memory_mb);
+        if !(6..=1 << 20).contains(&memory_mb) {
+            return Err(OrchestratorError::Invalid(
+                "memoryMb must be between 6 and 1048576".into(),
+            ));
+        }
+        let timeout_secs = req.timeout_secs.unwrap_or(w.job_timeout_secs);
+        if !(1..=7 * 24 * 3600).contains(&timeout_secs) {
+            return Err(OrchestratorError::Invalid(
+                "timeoutSecs must be between 1 and 604800".into(),
+            ));
+        }
+        let job = JobRecord {
+            id: Uuid::now_v7(),
+            kind: req.kind,
+            spec,
+            priority: req.priority,
+            state: JobState::Queued,
+            isolation,
+            limits: Limits {
+                memory_mb,
+                cpus: w.job_cpus,
+                timeout_secs,
+            },
+            max_attempts,
+            attempt: 0,
+            node: None,
+            created_at: crate::now_ms(),
+            started_at: None,
+            finished_at: None,
+            not_before: 0,
+            exit_code: None,
+            result: None,
+            error: None,
+            attempts: vec![],
+        };
+        self.store.put_job(&job)?;
+        self.store.flush().await?;
+        lock(&self.sched)
+            .queued
+            .insert((Reverse(job.priority), job.id));
+        self.notify(&job);
+        self.wake.notify_one();
+        Ok(job)
+    }
+
+    /// Cancels a job that has not finished.
+    pub async fn cancel(&self, id: Uuid) -> Result<JobRecord, OrchestratorError> {
+        let mut was: Option<(JobState, u32, Option<String>)> = None;
+        let job = self.store.update_job(id, |j| {
+            if j.state.is_final() {
+                return false;
+            }
+            was = Some((j.state, j.attempt, j.node.clone()));
+            j.state = JobState::Cancelled;
+            j.finished_at = Some(crate::now_ms());
+            j.error = Some("cancelled by the operator".into());
+            true
+        })?;
+        let Some(job) = job else {
+            let job = self
+                .store
+                .job(id)?
+                .ok_or(OrchestratorError::NoSuchJob(id))?;
+            return Err(OrchestratorError::AlreadyFinal {
+                id,
+                state: job.state.as_str(),
+            });
+        };
+        self.store.flush().await?;
+        {
+            let mut s = lock(&self.sched);
+            s.queued.remove(&(Reverse(job.priority), id));
+            s.active.remove(&id);
+        }
+        if let Some((JobState::Assigned | JobState::Running, attempt, Some(node))) = was {
+            if let Some(broker) = self.broker() {
+                let msg = WorkRequest::CancelJob { job: id, attempt };
+                if let Err(error) = broker.publish(&msg, Some(&node)).await {
+                    tracing::warn!(%error, job = %id, "cannot tell the worker to cancel");
+                }
+            }
+        }
+        self.notify(&job);
+        self.wake.notify_one();
+        Ok(job)
+    }
+
+    fn notify(&self, job: &JobRecord) {
+        let _ = self.notices.send(JobNotice {
+            job: job.id,
+            kind: job.kind.clone(),
+            state: job.state,
+            attempt: job.attempt,
+            node: job.node.clone(),
+            error: job.error.clone(),
+            at: crate::now_ms(),
+        });
+    }
+
+    /// Picks the least-loaded live node with a free slot.
+    fn pick_node(&self, s: &Sched) -> Option<String> {
+        let grace = Duration::from_millis(self.config.orchestrator.grace_ms);
+        let mut used: HashMap<&str, u32> = HashMap::new();
+        for node in s.active.values() {
+            *used.entry(node.as_str()).or_default() += 1;
+        }
+        s.live
+            .iter()
+            .filter(|(_, l)| l.last_seen.elapsed() < grace && l.slots > 0)
+            .filter_map(|(id, l)| {
+                let u = used.get(id.as_str()).copied().unwrap_or(0);
+                (u < l.slots).then(|| {
+                    let occupancy = u as f64 / l.slots as f64;
+                    (id, (occupancy, l.load, l.memory_used))
+                })
+            })
+            .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Places every due queued job that has a slot somewhere.
+    async fn place_jobs(&self) -> Result<(), OrchestratorError> {
+        let Some(broker) = self.broker() else {
+            return Ok(());
+        };
+        let now = crate::now_ms();
+        let mut skipped_not_due = Vec::new();
+        loop {
+            let (key, node) = {
+                let mut s = lock(&self.sched);
+                let Some(node) = self.pick_node(&s) else {
+                    break;
+                };
+                let Some(key) = s.queued.pop_first() else {
+                    break;
+                };
+                s.active.insert(key.1, node.clone());
+                (key, node)
+            };
+            let mut assignment = None;
+            let updated = self.store.update_job(key.1, |j| {
+                if j.state != JobState::Queued {
+                    return false;
+                }
+                if j.not_before > now {
+                    return false;
+                }
+                j.state = JobState::Assigned;
+                j.attempt += 1;
+                j.node = Some(node.clone());
+                j.attempts.push(Attempt {
+                    number: j.attempt,
+                    node: node.clone(),
+                    assigned_at: now,
+                    started_at: None,
+                    finished_at: None,
+                    outcome: None,
+                });
+                assignment = Some(JobAssignment {
+                    job: j.id,
+                    attempt: j.attempt,
+                    kind: j.kind.clone(),
+                    spec: j.spec.clone(),
+                    isolation: j.isolation,
+                    limits: j.limits,
+                });
+                true
+            })?;
+            let Some(job) = updated else {
+                let mut s = lock(&self.sched);
+                s.active.remove(&key.1);
+                if let Some(j) = self.store.job(key.1)? {
+                    if j.state == JobState::Queued {
+                        skipped_not_due.push(key);
+                    }
+                }
+                continue;
+            };
+            let Some(assignment) = assignment else {
+                continue;
+            };
+            match broker
+                .publish(&WorkRequest::RunJob(assignment), Some(&node))
+                .await
+            {
+                Ok(()) => {
+                    self.counters
+                        .dispatched
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.notify(&job);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, job = %job.id, %node, "dispatch failed; job stays queued");
+                    self.requeue(job.id, job.attempt, "dispatch failed", false)?;
+                    break;
+                }
+            }
+        }
+        if !skipped_not_due.is_empty() {
+            lock(&self.sched).queued.extend(skipped_not_due);
+        }
+        Ok(())
+    }
+
+    /// Puts an attempt's job back in the queue (or fails it when out of attempts).
+    fn requeue(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        reason: &str,
+        counts: bool,
+    ) -> Result<Option<JobRecord>, OrchestratorError> {
+        let backoff = self.config.orchestrator.retry_backoff_ms as i64;
+        let now = crate::now_ms();
+        let job = self.store.update_job(id, |j| {
+            if j.attempt != attempt || !matches!(j.state, JobState::Assigned | JobState::Running)
+            {
+                return false;
+            }
+            if let Some(a) = j.attempts.last_mut() {
+                a.finished_at = Some(now);
+                a.outcome = Some(reason.to_owned());
+            }
+            if !counts {
+                j.attempt -= 1;
+                j.attempts.pop();
+            }
+            j.error = Some(reason.to_owned());
+            j.node = None;
+            if counts && j.attempt >= j.max_attempts {
+                j.state = JobState::Failed;
+                j.finished_at = Some(now);
+            } else {
+                j.state = JobState::Queued;
+                j.not_before = if counts {
+                    now + backoff * (1 << j.attempt.saturating_sub(1).min(10))
+                } else {
+                    now
+                };
+            }
+            true
+        })?;
+        let mut s = lock(&self.sched);
+        s.active.remove(&id);
+        if let Some(j) = &job {
+            if j.state == JobState::Queued {
+                s.queued.insert((Reverse(j.priority), j.id));
+            }
+        }
+        drop(s);
+        if let Some(j) = &job {
+            self.notify(j);
+        }
+        self.wake.notify_one();
+        Ok(job)
+    }
+
+    /// Applies one worker event; stale attempts and finished jobs are left alone, so a job is
+    /// never reported succeeded twice.
+    async fn apply_event(&self, ev: JobEvent) -> Result<(), OrchestratorError> {
+        match ev.change {
+            JobChange::Started => {
+                let job = self.store.update_job(ev.job, |j| {
+                    if j.attempt != ev.attempt || j.state != JobState::Assigned {
+                        return false;
+                    }
+                    j.state = JobState::Running;
+                    j.started_at.get_or_insert(ev.at);
+                    if let Some(a) = j.attempts.last_mut() {
+                        a.started_at = Some(ev.at);
+                    }
+                    true
+                })?;
+                if let Some(job) = job {
+                    self.notify(&job);
+                }
+            }
+            JobChange::Finished(outcome) => self.apply_outcome(ev.job, ev.attempt, ev.at, outcome)?,
+        }
+        Ok(())
+    }
+
+    fn apply_outcome(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        at: i64,
+        outcome: JobOutcome,
+    ) -> Result<(), OrchestratorError> {
+        if !outcome.success && outcome.retryable {
+            let current = self.store.job(id)?;
+            if let Some(j) = current.filter(|j| j.attempt < j.max_attempts) {
+                let reason = outcome.error.clone().unwrap_or_else(|| "failed".into());
+                let _ = j;
+                self.requeue(id, attempt, &reason, true)?;
+                return Ok(());
+            }
+        }
+        let job = self.store.update_job(id, |j| {
+            if j.attempt != attempt || !matches!(j.state, JobState::Assigned | JobState::Running) {
+                return false;
+            }
+            j.state = if outcome.success {
+                JobState::Succeeded
+            } else {
+                JobState::Failed
+            };
+            j.finished_at = Some(at);
+            j.started_at.get_or_insert(at);
+            j.exit_code = outcome.exit_code;
+            j.result = outcome.result.clone();
+            j.error = outcome.error.clone();
+            if let Some(a) = j.attempts.last_mut() {
+                a.finished_at = Some(at);
+                a.outcome = Some(match &outcome.error {
+                    None => "succeeded".into(),
+                    Some(e) => e.clone(),
+                });
+            }
+            true
+        })?;
+        if let Some(job) = job {
+            lock(&self.sched).active.remove(&id);
+            self.notify(&job);
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn apply_heartbeat(&self, hb: Heartbeat) -> Result<(), OrchestratorError> {
+        let Some(mut node) = self.store.node(&hb.node)? else {
+            tracing::warn!(node = %hb.node, "heartbeat from a node that never joined");
+            return Ok(());
+        };
+        let load = if hb.stats.cpus > 0 {
+            hb.stats.load1 / hb.stats.cpus as f64
+        } else {
+            hb.stats.load1
+        };
+        let memory_used = if hb.stats.memory_total_mb > 0 {
+            hb.stats.memory_used_mb as f64 / hb.stats.memory_total_mb as f64
+        } else {
+            0.0
+        };
+        let was_alive = self.is_alive(&hb.node);
+        lock(&self.sched).live.insert(
+            hb.node.clone(),
+            Live {
+                last_seen: Instant::now(),
+                slots: hb.slots,
+                load,
+                memory_used,
+            },
+        );
+        if !was_alive {
+            tracing::info!(node = %hb.node, name = %node.name, "worker is alive");
+            self.wake.notify_one();
+        }
+        node.last_seen = hb.sent_at;
+        node.slots = hb.slots;
+        node.stats = Some(hb.stats);
+        self.store.put_node(&node)?;
+        Ok(())
+    }
+
+    fn apply_logs(&self, batch: LogBatch) -> Result<(), OrchestratorError> {
+        self.store.append_logs(
+            batch.job,
+            &batch.lines,
+            self.config.orchestrator.max_log_lines,
+        )?;
+        Ok(())
+    }
+
+    /// Re-places the jobs of nodes silent for longer than the grace period.
+    fn check_liveness(&self) -> Result<(), OrchestratorError> {
+        let grace = Duration::from_millis(self.config.orchestrator.grace_ms);
+        let lost: Vec<(Uuid, String)> = {
+            let s = lock(&self.sched);
+            s.active
+                .iter()
+                .filter(|(_, node)| {
+                    s.live
+                        .get(node.as_str())
+                        .is_none_or(|l| l.last_seen.elapsed() >= grace)
+                })
+                .map(|(id, node)| (*id, node.clone()))
+                .collect()
+        };
+        for (id, node) in lost {
+            let Some(job) = self.store.job(id)? else {
+                continue;
+            };
+            tracing::warn!(job = %id, %node, "worker stopped sending heartbeats; placing its job again");
+            self.counters
+                .dead_workers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let reason = format!("lost: worker {node} stopped sending heartbeats");
+            if self.requeue(id, job.attempt, &reason, true)?.is_none() {
+                lock(&self.sched).active.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- joining ------------------------------------------------------------------------
+
+    /// A fresh single-use nonce for the join handshake.
+    pub fn join_challenge(&self) -> String {
+        let nonce = identity::random_hex(16);
+        let mut nonces = lock(&self.nonces);
+        nonces.retain(|_, t| t.elapsed() < NONCE_TTL);
+        if nonces.len() < 10_000 {
+            nonces.insert(nonce.clone(), Instant::now());
+        }
+        nonce
+    }
+
+    /// Admits a node that proved it knows the join token.
+    pub async fn join(
+        &self,
+        req: JoinRequest,
+        address: String,
+    ) -> Result<JoinResponse, OrchestratorError> {
+        let fresh = lock(&self.nonces)
+            .remove(&req.server_nonce)
+            .is_some_and(|t| t.elapsed() < NONCE_TTL);
+        if !fresh {
+            return Err(OrchestratorError::JoinRefused(
+                "unknown or expired challenge".into(),
+            ));
+        }
+        let expected = identity::join_proof(
+            &self.secrets.join_token,
+            &req.server_nonce,
+            &req.node_id,
+            &req.client_nonce,
+        );
+        if !identity::macs_equal(&expected, &req.proof) {
+            tracing::warn!(node = %req.node_id, %address, "join refused: wrong cluster token");
+            return Err(OrchestratorError::JoinRefused("wrong cluster token".into()));
+        }
+        if !valid_node_id(&req.node_id) {
+            return Err(OrchestratorError::JoinRefused(format!(
+                "node id `{}` must be 1-40 of a-z, 0-9 and -",
+                req.node_id
+            )));
+        }
+        self.register_node(&req.node_id, &req.name, &address, req.api_port, &req.version, req.slots)
+            .await?;
+        tracing::info!(node = %req.node_id, name = %req.name, %address, "node joined");
+        Ok(JoinResponse {
+            cluster_id: self.secrets.cluster_id.clone(),
+            vhost: self.vhost(),
+            amqp_port: self
+                .config
+                .broker
+                .url
+                .is_empty()
+                .then_some(self.config.broker.amqp_port),
+            accept_proof: identity::accept_proof(
+                &self.secrets.join_token,
+                &req.client_nonce,
+                &req.node_id,
+            ),
+        })
+    }
+
+    /// Records a node and gives it a broker user and a work queue.
+    pub async fn register_node(
+        &self,
+        id: &str,
+        name: &str,
+        address: &str,
+        api_port: u16,
+        version: &str,
+        slots: u32,
+    ) -> Result<(), OrchestratorError> {
+        let now = crate::now_ms();
+        let previous = self.store.node(id)?;
+        let node = NodeRecord {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            address: address.to_owned(),
+            api_port,
+            version: version.to_owned(),
+            joined_at: previous.as_ref().map_or(now, |p| p.joined_at),
+            last_seen: now,
+            slots,
+            stats: previous.and_then(|p| p.stats),
+        };
+        self.store.put_node(&node)?;
+        self.store.flush().await?;
+        if let Some(rabbit) = &self.rabbit {
+            rabbit.set_users(self.broker_users()?).await?;
+        }
+        if let Some(broker) = self.broker() {
+            broker.declare_work_queue(id).await?;
+        }
+        Ok(())
+    }
+
+    // ---- running ------------------------------------------------------------------------
+
+    /// Runs the orchestrator's loops until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        broker_ready: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) {
+        let me = self.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move { me.connection_loop(broker_ready, token).await });
+        let me = self.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move { me.placement_loop(token).await });
+    }
+
+    async fn placement_loop(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tick.tick() => {
+                    if let Err(error) = self.check_liveness() {
+                        tracing::error!(%error, "liveness check failed");
+                    }
+                }
+            }
+            if let Err(error) = self.place_jobs().await {
+                tracing::error!(%error, "placement failed");
+            }
+        }
+    }
+
+    /// Keeps an admin connection to the broker, declares the topology and consumes the
+    /// workers' queues; reconnects whenever the broker goes away.
+    async fn connection_loop(
+        self: Arc<Self>,
+        mut broker_ready: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            if !*broker_ready.borrow() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = broker_ready.changed() => continue,
+                }
+            }
+            let url = self.amqp_url(ADMIN_USER);
+            let session = async {
+                let broker = Arc::new(Broker::connect(&url, "kraken-orchestrator").await?);
+                broker.declare_topology().await?;
+                for node in self.store.nodes()? {
+                    broker.declare_work_queue(&node.id).await?;
+                }
+                Ok::<_, OrchestratorError>(broker)
+            };
+            let broker = match session.await {
+                Ok(b) => b,
+                Err(error) => {
+                    tracing::warn!(%error, "broker connection failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            tracing::info!("orchestrator connected to the broker");
+            self.broker.send_replace(Some(broker.clone()));
+            self.wake.notify_one();
+            let session = CancellationToken::new();
+            let consumers = tokio::join!(
+                self.consume_events(&broker, &session),
+                self.consume_logs(&broker, &session),
+                self.consume_heartbeats(&broker, &session),
+                async {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = session.cancelled() => {}
+                    }
+                    session.cancel();
+                }
+            );
+            let _ = consumers;
+            self.broker.send_replace(None);
+            broker.close().await;
+            if !shutdown.is_cancelled() {
+                tracing::warn!("lost the broker connection; reconnecting");
+            }
+        }
+    }
+
+    async fn consume_events(&self, broker: &Broker, session: &CancellationToken) {
+        let prefetch = self.config.broker.prefetch;
+        let mut c = match broker.consume::<JobEvent>("events", prefetch).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "cannot consume events");
+                session.cancel();
+                return;
+            }
+        };
+        loop {
+            let d = tokio::select! {
+                _ = session.cancelled() => return,
+                d = c.next() => d,
+            };
+            let Some(d) = d else {
+                session.cancel();
+                return;
+            };
+            let ev = d.msg.clone();
+            match self.apply_event(ev).await {
+                Ok(()) => {}
+                Err(error) => tracing::error!(%error, job = %d.msg.job, "cannot apply job event"),
+            }
+            if let Err(error) = d.ack().await {
+                tracing::warn!(%error, "ack failed");
+            }
+        }
+    }
+
+    async fn consume_logs(&self, broker: &Broker, session: &CancellationToken) {
+        let prefetch = self.config.broker.prefetch;
+        let mut c = match broker.consume::<LogBatch>("logs", prefetch).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "cannot consume logs");
+                session.cancel();
+                return;
+            }
+        };
+        loop {
+            let d = tokio::select! {
+                _ = session.cancelled() => return,
+                d = c.next() => d,
+            };
+            let Some(d) = d else {
+                session.cancel();
+                return;
+            };
+            if let Err(error) = self.apply_logs(d.msg.clone()) {
+                tracing::error!(%error, "cannot store log lines");
+            }
+            let _ = d.ack().await;
+        }
+    }
+
+    async fn consume_heartbeats(&self, broker: &Broker, session: &CancellationToken) {
+        let mut c = match broker.consume::<Heartbeat>("sysinfo", 64).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "cannot consume heartbeats");
+                session.cancel();
+                return;
+            }
+        };
+        loop {
+            let d = tokio::select! {
+                _ = session.cancelled() => return,
+                d = c.next() => d,
+            };
+            let Some(d) = d else {
+                session.cancel();
+                return;
+            };
+            if let Err(error) = self.apply_heartbeat(d.msg.clone()) {
+                tracing::error!(%error, "cannot apply heartbeat");
+            }
+            let _ = d.ack().await;
+        }
+    }
+
+    /// Log lines of a job.
+    pub fn logs(&self, id: Uuid) -> Result<Vec<LogLine>, OrchestratorError> {
+        Ok(self.store.logs(id)?)
+    }
+}
+
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 40
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (our sections only
+/// update plain maps, which stay consistent).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,472 @@
+//! Docker through bollard: the job image (`kraken-job:<version>`, built from
+//! `dockerfiles/job.Dockerfile` with this agent's own executable inside), job containers with
+//! memory, CPU, process and time limits, log capture, and cleanup.
+//!
+//! Job containers run as `nobody`, with every capability dropped, `no-new-privileges`, a
+//! read-only root, no network unless the kind needs one, and never the docker socket.
+
+use crate::broker::messages::{JobAssignment, JobOutcome};
+use crate::store::LogLine;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::Duration;
+
+/// The Dockerfile of the job image, compiled in so a lone binary can build it.
+pub const JOB_DOCKERFILE: &str = include_str!("../dockerfiles/job.Dockerfile");
+/// The prefix of the line by which a job container reports its outcome on stdout.
+pub const RESULT_MARKER: &str = "KRAKEN_RESULT ";
+/// Longest log line kept; longer lines are cut and say so.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("building the job image: {0}")]
+    Build(String),
+    #[error("reading this agent's executable: {0}")]
+    Exe(std::io::Error),
+}
+
+/// The Docker side of one worker.
+pub struct Runtime {
+    host: String,
+    node: String,
+    base_image: String,
+    docker: tokio::sync::Mutex<Option<Docker>>,
+    /// The id of the job image this process built or verified, so a tag moved by another
+    /// agent on the same dockerd never changes what we run.
+    job_image: tokio::sync::Mutex<Option<String>>,
+}
+
+impl Runtime {
+    pub fn new(host: &str, node: &str, base_image: &str) -> Self {
+        Self {
+            host: host.to_owned(),
+            node: node.to_owned(),
+            base_image: base_image.to_owned(),
+            docker: tokio::sync::Mutex::new(None),
+            job_image: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A connected client, reconnecting (and renegotiating the API version) when needed.
+    async fn docker(&self) -> Result<Docker, RuntimeError> {
+        let mut guard = self.docker.lock().await;
+        if let Some(d) = guard.as_ref() {
+            return Ok(d.clone());
+        }
+        let d = if self.host.is_empty() {
+            Docker::connect_with_local_defaults()?
+        } else {
+            Docker::connect_with_socket(&self.host, 120, bollard::API_DEFAULT_VERSION)?
+        };
+        let d = d.negotiate_version().await?;
+        *guard = Some(d.clone());
+        Ok(d)
+    }
+
+    async fn forget_client(&self) {
+        *self.docker.lock().await = None;
+    }
+
+    /// Whether dockerd answers.
+    pub async fn ping(&self) -> bool {
+        match self.docker().await {
+            Ok(d) => {
+                let ok = d.ping().await.is_ok();
+                if !ok {
+                    self.forget_client().await;
+                }
+                ok
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Names of this node's running job containers.
+    pub async fn running_containers(&self) -> Vec<String> {
+        let Ok(d) = self.docker().await else {
+            return vec![];
+        };
+        let filters = HashMap::from([("label".to_string(), vec![format!("kraken.node={}", self.node)])]);
+        let opts = ListContainersOptionsBuilder::new().filters(&filters).build();
+        match d.list_containers(Some(opts)).await {
+            Ok(list) => list
+                .into_iter()
+                .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .collect(),
+            Err(_) => {
+                self.forget_client().await;
+                vec![]
+            }
+        }
+    }
+
+    /// Removes job containers a previous run of this node left behind (after a crash).
+    pub async fn remove_leftovers(&self) {
+        let Ok(d) = self.docker().await else {
+            return;
+        };
+        let filters = HashMap::from([("label".to_string(), vec![format!("kraken.node={}", self.node)])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        if let Ok(list) = d.list_containers(Some(opts)).await {
+            for id in list.into_iter().filter_map(|c| c.id) {
+                tracing::info!(container = %id, "removing a leftover job container");
+                let _ = d
+                    .remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build()))
+                    .await;
+            }
+        }
+    }
+
+    /// The job image for this executable, built when missing or stale.
+    pub async fn ensure_job_image(&self) -> Result<String, RuntimeError> {
+        let mut cached = self.job_image.lock().await;
+        if let Some(id) = cached.as_ref() {
+            return Ok(id.clone());
+        }
+        let d = self.docker().await?;
+        let exe = std::env::current_exe().map_err(RuntimeError::Exe)?;
+        let (hash, context) = tokio::task::spawn_blocking(move || build_context(&exe))
+            .await
+            .map_err(|e| RuntimeError::Build(e.to_string()))?
+            .map_err(RuntimeError::Exe)?;
+        let tag = format!("kraken-job:{}", crate::VERSION);
+        if let Ok(image) = d.inspect_image(&tag).await {
+            let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
+            if labels.get("kraken.exe-sha256") == Some(&hash) {
+                if let Some(id) = image.id {
+                    *cached = Some(id.clone());
+                    return Ok(id);
+                }
+            }
+        }
+        tracing::info!(%tag, base = %self.base_image, "building the job image");
+        let labels = HashMap::from([("kraken.exe-sha256".to_string(), hash.clone())]);
+        let args = HashMap::from([("BASE_IMAGE".to_string(), self.base_image.clone())]);
+        let opts = BuildImageOptionsBuilder::new()
+            .t(&tag)
+            .rm(true)
+            .forcerm(true)
+            .labels(&labels)
+            .buildargs(&args)
+            .build();
+        let mut stream = d.build_image(opts, None, Some(bollard::body_full(context.into())));
+        while let Some(step) = stream.next().await {
+            let step = step.map_err(|e| RuntimeError::Build(e.to_string()))?;
+            if let Some(detail) = step.error_detail {
+                return Err(RuntimeError::Build(detail.message.unwrap_or_default()));
+            }
+        }
+        let id = d
+            .inspect_image(&tag)
+            .await?
+            .id
+            .ok_or_else(|| RuntimeError::Build("built image has no id".into()))?;
+        tracing::info!(%tag, %id, "job image ready");
+        *cached = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Runs one job attempt in a container and reports how it ended. Docker failures are an
+    /// outcome too (retryable), never a panic.
+    pub async fn run_job(
+        &self,
+        job: &JobAssignment,
+        needs_network: bool,
+        log: &(dyn Fn(LogLine) + Send + Sync),
+    ) -> JobOutcome {
+        match self.try_run_job(job, needs_network, log).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                self.forget_client().await;
+                JobOutcome {
+                    success: false,
+                    exit_code: None,
+                    result: None,
+                    error: Some(error.to_string()),
+                    retryable: true,
+                }
+            }
+        }
+    }
+
+    async fn try_run_job(
+        &self,
+        job: &JobAssignment,
+        needs_network: bool,
+        log: &(dyn Fn(LogLine) + Send + Sync),
+    ) -> Result<JobOutcome, RuntimeError> {
+        let image = self.ensure_job_image().await?;
+        let d = self.docker().await?;
+        let name = format!("kraken-{}-{}-{}", self.node, job.job.simple(), job.attempt);
+        let memory = (job.limits.memory_mb as i64) << 20;
+        let body = ContainerCreateBody {
+            image: Some(image),
+            cmd: Some(vec!["job".into(), "run".into()]),
+            env: Some(vec![
+                format!("KRAKEN_JOB_KIND={}", job.kind),
+                format!("KRAKEN_JOB_SPEC={}", job.spec),
+            ]),
+            user: Some("65534:65534".into()),
+            labels: Some(HashMap::from([
+                ("kraken.job".to_string(), job.job.to_string()),
+                ("kraken.attempt".to_string(), job.attempt.to_string()),
+                ("kraken.node".to_string(), self.node.clone()),
+            ])),
+            host_config: Some(HostConfig {
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                nano_cpus: Some((job.limits.cpus * 1e9) as i64),
+                pids_limit: Some(256),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                privileged: Some(false),
+                readonly_rootfs: Some(true),
+                tmpfs: Some(HashMap::from([("/tmp".to_string(), "size=64m".to_string())])),
+                network_mode: Some(if needs_network { "bridge" } else { "none" }.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // a container of the same name is a leftover of this very attempt: replace it
+        let _ = d
+            .remove_container(&name, Some(RemoveContainerOptionsBuilder::new().force(true).build()))
+            .await;
+        let created = d
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await?;
+        let id = created.id;
+        let result = self.start_and_wait(&d, &id, job, log).await;
+        let _ = d
+            .remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build()))
+            .await;
+        result
+    }
+
+    async fn start_and_wait(
+        &self,
+        d: &Docker,
+        id: &str,
+        job: &JobAssignment,
+        log: &(dyn Fn(LogLine) + Send + Sync),
+    ) -> Result<JobOutcome, RuntimeError> {
+        d.start_container(id, None).await?;
+        let opts = LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = d.logs(id, Some(opts));
+        let mut lines = LineSplitter::default();
+        let mut marker: Option<String> = None;
+        let attempt = job.attempt;
+        let mut emit = |stream: &str, text: String| {
+            if stream == "stdout" {
+                if let Some(rest) = text.strip_prefix(RESULT_MARKER) {
+                    marker = Some(rest.to_owned());
+                    return;
+                }
+            }
+            log(LogLine {
+                at: crate::now_ms(),
+                attempt,
+                stream: stream.to_owned(),
+                text,
+            });
+        };
+        let deadline = tokio::time::sleep(Duration::from_secs(job.limits.timeout_secs));
+        tokio::pin!(deadline);
+        let mut timed_out = false;
+        loop {
+            tokio::select! {
+                chunk = logs.next() => match chunk {
+                    Some(Ok(bollard::container::LogOutput::StdOut { message })) => {
+                        for l in lines.push("stdout", &message) { emit("stdout", l) }
+                    }
+                    Some(Ok(bollard::container::LogOutput::StdErr { message })) => {
+                        for l in lines.push("stderr", &message) { emit("stderr", l) }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "log stream ended");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = &mut deadline => {
+                    timed_out = true;
+                    let _ = d.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
+                    break;
+                }
+            }
+        }
+        for (stream, l) in lines.finish() {
+            emit(stream, l);
+        }
+        // the log stream ends when the container does; wait for its final state
+        let mut wait = d.wait_container(id, None);
+        let _ = tokio::time::timeout(Duration::from_secs(10), wait.next()).await;
+        let state = d.inspect_container(id, None).await?.state.unwrap_or_default();
+        let exit_code = state.exit_code;
+        let fail = |error: String, retryable: bool| JobOutcome {
+            success: false,
+            exit_code,
+            result: None,
+            error: Some(error),
+            retryable,
+        };
+        if timed_out {
+            return Ok(fail(
+                format!("timed out after {} s and was killed", job.limits.timeout_secs),
+                true,
+            ));
+        }
+        if state.oom_killed == Some(true) {
+            return Ok(fail(
+                format!(
+                    "exceeded its memory limit of {} MiB and was killed",
+                    job.limits.memory_mb
+                ),
+                false,
+            ));
+        }
+        match marker.map(|m| serde_json::from_str::<ContainerResult>(&m)) {
+            Some(Ok(r)) if r.ok => Ok(JobOutcome {
+                success: true,
+                exit_code,
+                result: r.result,
+                error: None,
+                retryable: false,
+            }),
+            Some(Ok(r)) => Ok(fail(
+                r.error.unwrap_or_else(|| "failed".into()),
+                r.retryable,
+            )),
+            Some(Err(e)) => Ok(fail(format!("unreadable result line: {e}"), true)),
+            None if exit_code == Some(137) => Ok(fail(
+                format!(
+                    "killed (exit code 137), probably over its memory limit of {} MiB",
+                    job.limits.memory_mb
+                ),
+                false,
+            )),
+            None => Ok(fail(
+                format!(
+                    "job container exited with code {} without a result",
+                    exit_code.map_or("?".into(), |c| c.to_string())
+                ),
+                true,
+            )),
+        }
+    }
+}
+
+/// What `kraken job run` prints after [`RESULT_MARKER`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ContainerResult {
+    pub ok: bool,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub retryable: bool,
+}
+
+/// The tar build context (Dockerfile + this executable) and the executable's hash.
+fn build_context(exe: &std::path::Path) -> std::io::Result<(String, Vec<u8>)> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(exe)?.read_to_end(&mut bytes)?;
+    let hash = hex::encode(Sha256::digest(&bytes));
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8], mode: u32| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_cksum();
+        tar.append_data(&mut header, name, data)
+    };
+    add("Dockerfile", JOB_DOCKERFILE.as_bytes(), 0o644)?;
+    add("kraken", &bytes, 0o755)?;
+    Ok((hash, tar.into_inner()?))
+}
+
+/// Splits a byte stream into lines per stream, clipping oversized lines.
+#[derive(Default)]
+struct LineSplitter {
+    partial: HashMap<&'static str, Vec<u8>>,
+}
+
+impl LineSplitter {
+    fn push(&mut self, stream: &'static str, bytes: &[u8]) -> Vec<String> {
+        let buf = self.partial.entry(stream).or_default();
+        buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            out.push(clip_line(&String::from_utf8_lossy(&line[..line.len() - 1])));
+        }
+        // a line that never ends must not grow without bound
+        if buf.len() > 4 * MAX_LOG_LINE {
+            out.push(clip_line(&String::from_utf8_lossy(buf)));
+            buf.clear();
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Vec<(&'static str, String)> {
+        self.partial
+            .drain()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(s, b)| (s, clip_line(&String::from_utf8_lossy(&b))))
+            .collect()
+    }
+}
+
+/// Cuts a line to [`MAX_LOG_LINE`] bytes (on a char boundary), saying how much was cut.
+pub fn clip_line(line: &str) -> String {
+    let line = line.trim_end_matches('\r');
+    if line.len() <= MAX_LOG_LINE {
+        return line.to_owned();
+    }
+    let mut end = MAX_LOG_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [line cut, {} bytes dropped]", &line[..end], line.len() - end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_across_chunks() {
+        let mut s = LineSplitter::default();
+        assert!(s.push("stdout", b"hel").is_empty());
+        assert_eq!(s.push("stdout", b"lo\nwor"), vec!["hello".to_string()]);
+        assert_eq!(s.finish(), vec![("stdout", "wor".to_string())]);
+    }
+
+    #[test]
+    fn oversized_lines_are_clipped() {
+        let long = "é".repeat(MAX_LOG_LINE);
+        let clipped = clip_line(&long);
+        assert!(clipped.len() < MAX_LOG_LINE + 64);
+        assert!(clipped.ends_with("bytes dropped]"));
+    }
+}

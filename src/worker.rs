@@ -1,0 +1,418 @@
+//! The worker: keeps an AMQP session to the orchestrator's broker, sends heartbeats with the
+//! node's resources, runs the job attempts it is given (in a container, or in-process for
+//! kinds that allow it) and reports their events and log lines.
+//!
+//! Events and log lines go through an outbox that survives broker outages: they are
+//! published, in order, once a session is back.
+
+use crate::broker::messages::{
+    Heartbeat, JobAssignment, JobChange, JobEvent, JobOutcome, LogBatch, WorkRequest,
+};
+use crate::broker::{work_queue, Broker};
+use crate::jobs::{self, JobContext};
+use crate::runtime::{clip_line, Runtime};
+use crate::store::{Isolation, LogLine, NodeStats};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// How a worker reaches its cluster's broker.
+#[derive(Debug, Clone)]
+pub struct BrokerAccess {
+    pub url: String,
+}
+
+/// Settings of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub node_id: String,
+    pub slots: u32,
+    pub heartbeat: Duration,
+    pub prefetch: u16,
+    pub data_dir: PathBuf,
+}
+
+enum Outgoing {
+    Event(JobEvent),
+    Logs(LogBatch),
+}
+
+pub struct Worker {
+    settings: WorkerSettings,
+    runtime: Arc<Runtime>,
+    /// Attempts running here, with the token that cancels each.
+    running: Mutex<HashMap<(Uuid, u32), CancellationToken>>,
+    outbox: Mutex<VecDeque<Outgoing>>,
+    outbox_ready: Notify,
+    broker: watch::Sender<Option<Arc<Broker>>>,
+    stats: Mutex<StatsReader>,
+}
+
+impl Worker {
+    pub fn new(settings: WorkerSettings, runtime: Arc<Runtime>) -> Arc<Self> {
+        Arc::new(Self {
+            stats: Mutex::new(StatsReader::new(settings.data_dir.clone())),
+            settings,
+            runtime,
+            running: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(VecDeque::new()),
+            outbox_ready: Notify::new(),
+            broker: watch::channel(None).0,
+        })
+    }
+
+    pub fn running_count(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// Runs the worker until `shutdown`: sessions with the broker, heartbeats, the outbox.
+    pub fn start(self: &Arc<Self>, access: BrokerAccess, shutdown: CancellationToken, tasks: &TaskTracker) {
+        let me = self.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            me.runtime.remove_leftovers().await;
+            if me.settings.slots > 0 {
+                // build the job image up front, so the first job does not pay for it
+                if let Err(error) = me.runtime.ensure_job_image().await {
+                    tracing::warn!(%error, "job image not ready yet");
+                }
+            }
+        });
+        let me = self.clone();
+        let token2 = token.clone();
+        let inner = tasks.clone();
+        tasks.spawn(async move { me.session_loop(access, token2, inner).await });
+        let me = self.clone();
+        let token3 = token.clone();
+        tasks.spawn(async move { me.heartbeat_loop(token3).await });
+        let me = self.clone();
+        tasks.spawn(async move { me.outbox_loop(token).await });
+    }
+
+    async fn session_loop(self: Arc<Self>, access: BrokerAccess, shutdown: CancellationToken, tasks: TaskTracker) {
+        let mut backoff = Duration::from_millis(200);
+        let name = format!("kraken-worker-{}", self.settings.node_id);
+        while !shutdown.is_cancelled() {
+            let connected = async {
+                let broker = Arc::new(Broker::connect(&access.url, &name).await?);
+                let queue = work_queue(&self.settings.node_id);
+                let consumer = broker
+                    .consume::<WorkRequest>(&queue, self.settings.prefetch)
+                    .await?;
+                Ok::<_, crate::broker::BrokerError>((broker, consumer))
+            };
+            let (broker, mut consumer) = match connected.await {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reach the broker; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            tracing::info!(node = %self.settings.node_id, "worker connected to the broker");
+            self.broker.send_replace(Some(broker.clone()));
+            self.outbox_ready.notify_one();
+            loop {
+                let delivery = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    d = consumer.next() => d,
+                };
+                let Some(delivery) = delivery else {
+                    tracing::warn!("lost the broker session; reconnecting");
+                    break;
+                };
+                match delivery.msg.clone() {
+                    WorkRequest::RunJob(job) => self.accept(job, &tasks, &shutdown),
+                    WorkRequest::CancelJob { job, attempt } => {
+                        if let Some(token) = lock(&self.running).get(&(job, attempt)) {
+                            tracing::info!(%job, attempt, "cancelling job");
+                            token.cancel();
+                        }
+                    }
+                }
+                // the orchestrator keeps the job durable; the delivery is done once accepted
+                if let Err(error) = delivery.ack().await {
+                    tracing::warn!(%error, "ack failed");
+                }
+            }
+            self.broker.send_replace(None);
+            broker.close().await;
+        }
+    }
+
+    fn accept(self: &Arc<Self>, job: JobAssignment, tasks: &TaskTracker, shutdown: &CancellationToken) {
+        let key = (job.job, job.attempt);
+        let token = shutdown.child_token();
+        {
+            let mut running = lock(&self.running);
+            if running.contains_key(&key) {
+                tracing::info!(job = %job.job, attempt = job.attempt, "duplicate delivery ignored");
+                return;
+            }
+            running.insert(key, token.clone());
+        }
+        let me = self.clone();
+        tasks.spawn(async move {
+            let span = tracing::info_span!("job", id = %job.job, attempt = job.attempt, kind = %job.kind);
+            let running = me.clone();
+            tracing::Instrument::instrument(me.run_attempt(job, token), span).await;
+            lock(&running.running).remove(&key);
+        });
+    }
+
+    async fn run_attempt(self: Arc<Self>, job: JobAssignment, cancel: CancellationToken) {
+        self.send(Outgoing::Event(self.event(&job, JobChange::Started)));
+        let (log_tx, log_rx) = mpsc::unbounded_channel::<LogLine>();
+        let batcher = tokio::spawn(batch_logs(
+            self.clone(),
+            job.job,
+            job.attempt,
+            log_rx,
+        ));
+        let outcome = tokio::select! {
+            outcome = self.execute(&job, log_tx) => outcome,
+            _ = cancel.cancelled() => JobOutcome {
+                success: false, exit_code: None, result: None,
+                error: Some("cancelled".into()), retryable: false,
+            },
+        };
+        let _ = batcher.await;
+        tracing::info!(success = outcome.success, error = ?outcome.error, "job attempt finished");
+        self.send(Outgoing::Event(self.event(&job, JobChange::Finished(outcome))));
+    }
+
+    async fn execute(&self, job: &JobAssignment, log_tx: mpsc::UnboundedSender<LogLine>) -> JobOutcome {
+        let kind = match jobs::find(&job.kind) {
+            Ok(k) => k,
+            Err(e) => return failed(e.to_string(), false),
+        };
+        let attempt = job.attempt;
+        match job.isolation {
+            Isolation::InProcess if kind.in_process_safe() => {
+                let tx = log_tx.clone();
+                let ctx = JobContext::new(move |line| {
+                    let _ = tx.send(LogLine {
+                        at: crate::now_ms(),
+                        attempt,
+                        stream: "stdout".into(),
+                        text: clip_line(line),
+                    });
+                });
+                let limit = Duration::from_secs(job.limits.timeout_secs);
+                match tokio::time::timeout(limit, kind.run(&job.spec, &ctx)).await {
+                    Ok(Ok(result)) => JobOutcome {
+                        success: true,
+                        exit_code: None,
+                        result: Some(result),
+                        error: None,
+                        retryable: false,
+                    },
+                    Ok(Err(e)) => failed(e.to_string(), e.retryable()),
+                    Err(_) => failed(format!("timed out after {} s", job.limits.timeout_secs), true),
+                }
+            }
+            Isolation::InProcess => failed(format!("kind `{}` cannot run in-process", job.kind), false),
+            Isolation::Container => {
+                let log = move |line: LogLine| {
+                    let _ = log_tx.send(line);
+                };
+                self.runtime.run_job(job, kind.needs_network(), &log).await
+            }
+        }
+    }
+
+    fn event(&self, job: &JobAssignment, change: JobChange) -> JobEvent {
+        JobEvent {
+            job: job.job,
+            attempt: job.attempt,
+            node: self.settings.node_id.clone(),
+            at: crate::now_ms(),
+            change,
+        }
+    }
+
+    fn send(&self, msg: Outgoing) {
+        let mut outbox = lock(&self.outbox);
+        // bounded: under a very long outage, old log batches go first, events never
+        if outbox.len() > 100_000 {
+            if let Some(pos) = outbox.iter().position(|m| matches!(m, Outgoing::Logs(_))) {
+                outbox.remove(pos);
+            }
+        }
+        outbox.push_back(msg);
+        drop(outbox);
+        self.outbox_ready.notify_one();
+    }
+
+    /// Publishes the outbox in order whenever a session is up.
+    async fn outbox_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut broker_rx = self.broker.subscribe();
+        loop {
+            let front = lock(&self.outbox).pop_front();
+            let Some(msg) = front else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.outbox_ready.notified() => continue,
+                }
+            };
+            loop {
+                let broker = broker_rx.borrow_and_update().clone();
+                let sent = match &broker {
+                    Some(b) => match &msg {
+                        Outgoing::Event(e) => b.publish(e, None).await,
+                        Outgoing::Logs(l) => b.publish(l, None).await,
+                    },
+                    None => Err(crate::broker::BrokerError::Server("not connected".into())),
+                };
+                match sent {
+                    Ok(()) => break,
+                    Err(error) => {
+                        if broker.is_some() {
+                            tracing::warn!(%error, "publish failed; keeping the message");
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = broker_rx.changed() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(broker) = self.broker.borrow().clone() else {
+                continue;
+            };
+            let hb = self.heartbeat().await;
+            if let Err(error) = broker.publish(&hb, None).await {
+                tracing::debug!(%error, "heartbeat not sent");
+            }
+        }
+    }
+
+    /// The current heartbeat of this node.
+    pub async fn heartbeat(&self) -> Heartbeat {
+        let docker_ok = self.runtime.ping().await;
+        let containers = if docker_ok {
+            self.runtime.running_containers().await
+        } else {
+            vec![]
+        };
+        let mut stats = lock(&self.stats).read();
+        stats.containers = containers;
+        stats.docker_ok = docker_ok;
+        stats.running_jobs = lock(&self.running)
+            .keys()
+            .map(|(id, a)| format!("{id}/{a}"))
+            .collect();
+        Heartbeat {
+            node: self.settings.node_id.clone(),
+            sent_at: crate::now_ms(),
+            // a node without docker can still run in-process jobs, but takes none by default
+            slots: if docker_ok { self.settings.slots } else { 0 },
+            stats,
+        }
+    }
+}
+
+/// Collects an attempt's log lines into batches: every 100 ms or 500 lines.
+async fn batch_logs(worker: Arc<Worker>, job: Uuid, attempt: u32, mut rx: mpsc::UnboundedReceiver<LogLine>) {
+    let mut lines = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let (flush, done) = tokio::select! {
+            line = rx.recv() => match line {
+                Some(l) => { lines.push(l); (lines.len() >= 500, false) }
+                None => (true, true),
+            },
+            _ = tick.tick() => (true, false),
+        };
+        if flush && !lines.is_empty() {
+            worker.send(Outgoing::Logs(LogBatch {
+                job,
+                attempt,
+                node: worker.settings.node_id.clone(),
+                lines: std::mem::take(&mut lines),
+            }));
+        }
+        if done {
+            return;
+        }
+    }
+}
+
+fn failed(error: String, retryable: bool) -> JobOutcome {
+    JobOutcome {
+        success: false,
+        exit_code: None,
+        result: None,
+        error: Some(error),
+        retryable,
+    }
+}
+
+/// Reads CPU, memory, load and disk with sysinfo, keeping state between reads (CPU usage
+/// is a difference of two reads).
+struct StatsReader {
+    system: Option<sysinfo::System>,
+    data_dir: PathBuf,
+}
+
+impl StatsReader {
+    fn new(data_dir: PathBuf) -> Self {
+        Self {
+            system: sysinfo::System::new().ok(),
+            data_dir,
+        }
+    }
+
+    fn read(&mut self) -> NodeStats {
+        let mut stats = NodeStats::default();
+        if let Some(sys) = self.system.as_mut() {
+            sys.refresh_cpu_usage();
+            sys.refresh_memory();
+            stats.cpus = sys.cpus().len() as u32;
+            stats.cpu_percent = sys.global_cpu_usage() as f64;
+            stats.memory_total_mb = sys.total_memory() >> 20;
+            stats.memory_used_mb = sys.used_memory() >> 20;
+        }
+        if let Ok(load) = sysinfo::System::load_average() {
+            stats.load1 = load.one;
+        }
+        if let Ok(disks) = sysinfo::Disks::new_with_refreshed_list() {
+            let dir = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+            if let Some(disk) = disks
+                .iter()
+                .filter(|d| dir.starts_with(d.mount_point()))
+                .max_by_key(|d| d.mount_point().as_os_str().len())
+            {
+                stats.disk_total_mb = disk.total_space() >> 20;
+                stats.disk_free_mb = disk.available_space() >> 20;
+            }
+        }
+        stats
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
