@@ -108,9 +108,14 @@ async fn run_orchestrator(
     tasks: &TaskTracker,
 ) -> Result<(), AgentError> {
     let secrets = ClusterSecrets {
-        cluster_id: identity::load_or_create(&dir.0.join("cluster-id"), || identity::random_hex(4))?,
+        cluster_id: identity::load_or_create(&dir.0.join("cluster-id"), || {
+            identity::random_hex(4)
+        })?,
         join_token: identity::load_or_create(&dir.join_token_file(), identity::random_secret)?,
-        operator_token: identity::load_or_create(&dir.operator_token_file(), identity::random_secret)?,
+        operator_token: identity::load_or_create(
+            &dir.operator_token_file(),
+            identity::random_secret,
+        )?,
     };
     tracing::info!(cluster = %secrets.cluster_id, "orchestrating (join token: `kraken token`)");
     let store = Store::open(&dir.store_dir())?;
@@ -162,8 +167,16 @@ async fn run_orchestrator(
         None
     };
 
-    let orch = Orchestrator::new(config.clone(), store, secrets.clone(), node_id.to_owned(), rabbit)?;
-    orch.clone().run(ready_rx, shutdown.child_token(), tasks).await;
+    let orch = Orchestrator::new(
+        config.clone(),
+        store,
+        secrets.clone(),
+        node_id.to_owned(),
+        rabbit,
+    )?;
+    orch.clone()
+        .run(ready_rx, shutdown.child_token(), tasks)
+        .await;
 
     let state = ApiState {
         schema: Some(api::graphql::schema(orch.clone())),
@@ -216,7 +229,11 @@ async fn run_worker(
     let joined = loop {
         match client.join(&membership.token, request.clone()).await {
             Ok(resp) => break resp,
-            Err(crate::client::ClientError::Refused { status: 401, message, .. }) => {
+            Err(crate::client::ClientError::Refused {
+                status: 401,
+                message,
+                ..
+            }) => {
                 return Err(AgentError::Join {
                     url: membership.url.clone(),
                     message,

@@ -51,10 +51,13 @@ impl Client {
     }
 
     async fn send(&self, url: String, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let resp = req.send().await.map_err(|source| ClientError::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -89,7 +92,12 @@ impl Client {
             if !errors.is_empty() {
                 let msgs: Vec<String> = errors
                     .iter()
-                    .map(|e| e.get("message").and_then(|m| m.as_str()).unwrap_or("error").to_owned())
+                    .map(|e| {
+                        e.get("message")
+                            .and_then(|m| m.as_str())
+                            .unwrap_or("error")
+                            .to_owned()
+                    })
                     .collect();
                 return Err(ClientError::GraphQl(msgs.join("; ")));
             }

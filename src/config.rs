@@ -216,12 +216,13 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;
-        let mut config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
-            ConfigError::Parse {
-                path: path.map(Path::to_owned).unwrap_or_else(|| "environment".into()),
+        let mut config: Config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                path: path
+                    .map(Path::to_owned)
+                    .unwrap_or_else(|| "environment".into()),
                 message: e.message().to_owned(),
-            }
-        })?;
+            })?;
         config.apply(overrides);
         config.validate()?;
         Ok(config)
@@ -283,7 +284,10 @@ impl Config {
             return invalid("broker.prefetch", "must be at least 1".into());
         }
         if self.worker.slots > 1024 {
-            return invalid("worker.slots", format!("{} is more than 1024", self.worker.slots));
+            return invalid(
+                "worker.slots",
+                format!("{} is more than 1024", self.worker.slots),
+            );
         }
         if self.worker.job_memory_mb < 6 {
             return invalid(

@@ -137,7 +137,11 @@ fn mac(key: &str, parts: &[&str]) -> String {
 
 /// Compares two hex MACs in constant time.
 pub fn macs_equal(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The joining node's proof of the token.

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "kraken", version, about = "A self-organizing cluster agent for a home LAN")]
+#[command(
+    name = "kraken",
+    version,
+    about = "A self-organizing cluster agent for a home LAN"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -161,7 +165,16 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
-        Command::Agent { config, data_dir, api_port, amqp_port, join, token, slots, name } => {
+        Command::Agent {
+            config,
+            data_dir,
+            api_port,
+            amqp_port,
+            join,
+            token,
+            slots,
+            name,
+        } => {
             let overrides = Overrides {
                 data_dir,
                 api_port,
@@ -183,23 +196,50 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             kraken::agent::run(config, shutdown).await?;
         }
         Command::Token { data_dir, operator } => {
-            let file = if operator { "operator-token" } else { "cluster-token" };
+            let file = if operator {
+                "operator-token"
+            } else {
+                "cluster-token"
+            };
             let path = data_dir.join(file);
-            let token = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {} (is this the orchestrator's data dir?)", path.display()))?;
+            let token = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read {} (is this the orchestrator's data dir?)",
+                    path.display()
+                )
+            })?;
             println!("{}", token.trim());
         }
         Command::Nodes { api } => {
             let nodes = api.client().get("/api/v1/nodes").await?;
-            println!("{:<14} {:<16} {:<13} {:<6} {:>5} {:>7} {:>6} {:>9}", "ID", "NAME", "ROLE", "ALIVE", "SLOTS", "RUNNING", "LOAD1", "MEM MiB");
+            println!(
+                "{:<14} {:<16} {:<13} {:<6} {:>5} {:>7} {:>6} {:>9}",
+                "ID", "NAME", "ROLE", "ALIVE", "SLOTS", "RUNNING", "LOAD1", "MEM MiB"
+            );
             for n in nodes.as_array().into_iter().flatten() {
-                let s = |k: &str| n.get(k).map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())).unwrap_or_default();
+                let s = |k: &str| {
+                    n.get(k)
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| v.to_string())
+                        })
+                        .unwrap_or_default()
+                };
                 let stats = n.get("stats").cloned().unwrap_or(Value::Null);
                 println!(
                     "{:<14} {:<16} {:<13} {:<6} {:>5} {:>7} {:>6.2} {:>9}",
-                    s("id"), s("name"), s("role"), s("alive"), s("slots"), s("running_jobs"),
+                    s("id"),
+                    s("name"),
+                    s("role"),
+                    s("alive"),
+                    s("slots"),
+                    s("running_jobs"),
                     stats.get("load1").and_then(|v| v.as_f64()).unwrap_or(0.0),
-                    stats.get("memory_used_mb").map(|v| v.to_string()).unwrap_or_default(),
+                    stats
+                        .get("memory_used_mb")
+                        .map(|v| v.to_string())
+                        .unwrap_or_default(),
                 );
             }
         }
@@ -210,7 +250,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 
 async fn job_command(command: JobCommand) -> anyhow::Result<std::process::ExitCode> {
     match command {
-        JobCommand::Submit { kind, spec, priority, max_attempts, in_process, api } => {
+        JobCommand::Submit {
+            kind,
+            spec,
+            priority,
+            max_attempts,
+            in_process,
+            api,
+        } => {
             let spec: Value = serde_json::from_str(&spec).context("--spec is not JSON")?;
             let mut body = json!({ "kind": kind, "spec": spec, "priority": priority });
             if let Some(n) = max_attempts {
@@ -220,9 +267,14 @@ async fn job_command(command: JobCommand) -> anyhow::Result<std::process::ExitCo
                 body["isolation"] = json!("IN_PROCESS");
             }
             let job = api.client().post("/api/v1/jobs", &body).await?;
-            println!("{}", job.get("id").and_then(|v| v.as_str()).unwrap_or_default());
+            println!(
+                "{}",
+                job.get("id").and_then(|v| v.as_str()).unwrap_or_default()
+            );
         }
-        JobCommand::Get { id, api } => print(&api.client().get(&format!("/api/v1/jobs/{id}")).await?),
+        JobCommand::Get { id, api } => {
+            print(&api.client().get(&format!("/api/v1/jobs/{id}")).await?)
+        }
         JobCommand::List { status, kind, api } => {
             let mut q = vec![];
             if let Some(s) = status {
@@ -231,17 +283,30 @@ async fn job_command(command: JobCommand) -> anyhow::Result<std::process::ExitCo
             if let Some(k) = kind {
                 q.push(format!("kind={k}"));
             }
-            let jobs = api.client().get(&format!("/api/v1/jobs?{}", q.join("&"))).await?;
+            let jobs = api
+                .client()
+                .get(&format!("/api/v1/jobs?{}", q.join("&")))
+                .await?;
             for j in jobs.as_array().into_iter().flatten() {
                 let s = |k: &str| j.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
-                println!("{}  {:<10} {:<10} {}", s("id"), s("kind"), s("state"), s("node"));
+                println!(
+                    "{}  {:<10} {:<10} {}",
+                    s("id"),
+                    s("kind"),
+                    s("state"),
+                    s("node")
+                );
             }
         }
         JobCommand::Log { id, api } => match api.client().get(&format!("/log/{id}")).await? {
             Value::String(text) => print!("{text}"),
             other => print(&other),
         },
-        JobCommand::Cancel { id, api } => print(&api.client().post(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await?),
+        JobCommand::Cancel { id, api } => print(
+            &api.client()
+                .post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}))
+                .await?,
+        ),
         JobCommand::Run => {
             let code = kraken::jobs::run_from_env().await;
             if code != 0 {

@@ -287,7 +287,9 @@ impl Orchestrator {
             )));
         }
         let w = &self.config.worker;
-        let max_attempts = req.max_attempts.unwrap_or(self.config.orchestrator.max_attempts);
+        let max_attempts = req
+            .max_attempts
+            .unwrap_or(self.config.orchestrator.max_attempts);
         if !(1..=100).contains(&max_attempts) {
             return Err(OrchestratorError::Invalid(
                 "maxAttempts must be between 1 and 100".into(),
@@ -509,8 +511,7 @@ impl Orchestrator {
         let backoff = self.config.orchestrator.retry_backoff_ms as i64;
         let now = crate::now_ms();
         let job = self.store.update_job(id, |j| {
-            if j.attempt != attempt || !matches!(j.state, JobState::Assigned | JobState::Running)
-            {
+            if j.attempt != attempt || !matches!(j.state, JobState::Assigned | JobState::Running) {
                 return false;
             }
             if let Some(a) = j.attempts.last_mut() {
@@ -571,7 +572,9 @@ impl Orchestrator {
                     self.notify(&job);
                 }
             }
-            JobChange::Finished(outcome) => self.apply_outcome(ev.job, ev.attempt, ev.at, outcome)?,
+            JobChange::Finished(outcome) => {
+                self.apply_outcome(ev.job, ev.attempt, ev.at, outcome)?
+            }
         }
         Ok(())
     }
@@ -742,8 +745,15 @@ impl Orchestrator {
                 req.node_id
             )));
         }
-        self.register_node(&req.node_id, &req.name, &address, req.api_port, &req.version, req.slots)
-            .await?;
+        self.register_node(
+            &req.node_id,
+            &req.name,
+            &address,
+            req.api_port,
+            &req.version,
+            req.slots,
+        )
+        .await?;
         tracing::info!(node = %req.node_id, name = %req.name, %address, "node joined");
         Ok(JoinResponse {
             cluster_id: self.secrets.cluster_id.clone(),
@@ -821,6 +831,9 @@ impl Orchestrator {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tick.tick() => {
+                    if self.broker().is_none() {
+                        continue;
+                    }
                     if let Err(error) = self.check_liveness() {
                         tracing::error!(%error, "liveness check failed");
                     }
@@ -870,6 +883,10 @@ impl Orchestrator {
             };
             backoff = Duration::from_millis(200);
             tracing::info!("orchestrator connected to the broker");
+            // no heartbeat could arrive while we had no broker: nobody is late yet
+            for live in lock(&self.sched).live.values_mut() {
+                live.last_seen = Instant::now();
+            }
             self.broker.send_replace(Some(broker.clone()));
             self.wake.notify_one();
             let session = CancellationToken::new();

@@ -97,8 +97,13 @@ impl Runtime {
         let Ok(d) = self.docker().await else {
             return vec![];
         };
-        let filters = HashMap::from([("label".to_string(), vec![format!("kraken.node={}", self.node)])]);
-        let opts = ListContainersOptionsBuilder::new().filters(&filters).build();
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("kraken.node={}", self.node)],
+        )]);
+        let opts = ListContainersOptionsBuilder::new()
+            .filters(&filters)
+            .build();
         match d.list_containers(Some(opts)).await {
             Ok(list) => list
                 .into_iter()
@@ -117,7 +122,10 @@ impl Runtime {
         let Ok(d) = self.docker().await else {
             return;
         };
-        let filters = HashMap::from([("label".to_string(), vec![format!("kraken.node={}", self.node)])]);
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("kraken.node={}", self.node)],
+        )]);
         let opts = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -126,7 +134,10 @@ impl Runtime {
             for id in list.into_iter().filter_map(|c| c.id) {
                 tracing::info!(container = %id, "removing a leftover job container");
                 let _ = d
-                    .remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build()))
+                    .remove_container(
+                        &id,
+                        Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+                    )
                     .await;
             }
         }
@@ -236,7 +247,10 @@ impl Runtime {
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 privileged: Some(false),
                 readonly_rootfs: Some(true),
-                tmpfs: Some(HashMap::from([("/tmp".to_string(), "size=64m".to_string())])),
+                tmpfs: Some(HashMap::from([(
+                    "/tmp".to_string(),
+                    "size=64m".to_string(),
+                )])),
                 network_mode: Some(if needs_network { "bridge" } else { "none" }.into()),
                 ..Default::default()
             }),
@@ -244,7 +258,10 @@ impl Runtime {
         };
         // a container of the same name is a leftover of this very attempt: replace it
         let _ = d
-            .remove_container(&name, Some(RemoveContainerOptionsBuilder::new().force(true).build()))
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
             .await;
         let created = d
             .create_container(
@@ -255,7 +272,10 @@ impl Runtime {
         let id = created.id;
         let result = self.start_and_wait(&d, &id, job, log).await;
         let _ = d
-            .remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build()))
+            .remove_container(
+                &id,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
             .await;
         result
     }
@@ -323,7 +343,11 @@ impl Runtime {
         // the log stream ends when the container does; wait for its final state
         let mut wait = d.wait_container(id, None);
         let _ = tokio::time::timeout(Duration::from_secs(10), wait.next()).await;
-        let state = d.inspect_container(id, None).await?.state.unwrap_or_default();
+        let state = d
+            .inspect_container(id, None)
+            .await?
+            .state
+            .unwrap_or_default();
         let exit_code = state.exit_code;
         let fail = |error: String, retryable: bool| JobOutcome {
             success: false,
@@ -334,7 +358,10 @@ impl Runtime {
         };
         if timed_out {
             return Ok(fail(
-                format!("timed out after {} s and was killed", job.limits.timeout_secs),
+                format!(
+                    "timed out after {} s and was killed",
+                    job.limits.timeout_secs
+                ),
                 true,
             ));
         }
@@ -447,7 +474,11 @@ pub fn clip_line(line: &str) -> String {
     while !line.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… [line cut, {} bytes dropped]", &line[..end], line.len() - end)
+    format!(
+        "{}… [line cut, {} bytes dropped]",
+        &line[..end],
+        line.len() - end
+    )
 }
 
 #[cfg(test)]

@@ -62,7 +62,9 @@ impl JobState {
 
 /// Where a job runs: in its own container (the default) or inside the worker process, a fast
 /// path only kinds that declare themselves safe for it may take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, async_graphql::Enum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, async_graphql::Enum,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Isolation {
     #[default]
@@ -179,11 +181,23 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, S
 }
 
 impl Store {
+    /// Opens (or creates) the store in `dir`. A previous process of this agent may still be
+    /// letting go of the files; its lock is waited for a few seconds.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(8 << 20)
-            .open()?;
+        let config = sled::Config::new().path(dir).cache_capacity(8 << 20);
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 50 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(Self {
             nodes: db.open_tree("nodes")?,
             jobs: db.open_tree("jobs")?,

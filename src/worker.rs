@@ -71,7 +71,12 @@ impl Worker {
     }
 
     /// Runs the worker until `shutdown`: sessions with the broker, heartbeats, the outbox.
-    pub fn start(self: &Arc<Self>, access: BrokerAccess, shutdown: CancellationToken, tasks: &TaskTracker) {
+    pub fn start(
+        self: &Arc<Self>,
+        access: BrokerAccess,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) {
         let me = self.clone();
         let token = shutdown.clone();
         tasks.spawn(async move {
@@ -94,7 +99,12 @@ impl Worker {
         tasks.spawn(async move { me.outbox_loop(token).await });
     }
 
-    async fn session_loop(self: Arc<Self>, access: BrokerAccess, shutdown: CancellationToken, tasks: TaskTracker) {
+    async fn session_loop(
+        self: Arc<Self>,
+        access: BrokerAccess,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) {
         let mut backoff = Duration::from_millis(200);
         let name = format!("kraken-worker-{}", self.settings.node_id);
         while !shutdown.is_cancelled() {
@@ -150,7 +160,12 @@ impl Worker {
         }
     }
 
-    fn accept(self: &Arc<Self>, job: JobAssignment, tasks: &TaskTracker, shutdown: &CancellationToken) {
+    fn accept(
+        self: &Arc<Self>,
+        job: JobAssignment,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
         let key = (job.job, job.attempt);
         let token = shutdown.child_token();
         {
@@ -163,7 +178,8 @@ impl Worker {
         }
         let me = self.clone();
         tasks.spawn(async move {
-            let span = tracing::info_span!("job", id = %job.job, attempt = job.attempt, kind = %job.kind);
+            let span =
+                tracing::info_span!("job", id = %job.job, attempt = job.attempt, kind = %job.kind);
             let running = me.clone();
             tracing::Instrument::instrument(me.run_attempt(job, token), span).await;
             lock(&running.running).remove(&key);
@@ -173,12 +189,7 @@ impl Worker {
     async fn run_attempt(self: Arc<Self>, job: JobAssignment, cancel: CancellationToken) {
         self.send(Outgoing::Event(self.event(&job, JobChange::Started)));
         let (log_tx, log_rx) = mpsc::unbounded_channel::<LogLine>();
-        let batcher = tokio::spawn(batch_logs(
-            self.clone(),
-            job.job,
-            job.attempt,
-            log_rx,
-        ));
+        let batcher = tokio::spawn(batch_logs(self.clone(), job.job, job.attempt, log_rx));
         let outcome = tokio::select! {
             outcome = self.execute(&job, log_tx) => outcome,
             _ = cancel.cancelled() => JobOutcome {
@@ -188,10 +199,16 @@ impl Worker {
         };
         let _ = batcher.await;
         tracing::info!(success = outcome.success, error = ?outcome.error, "job attempt finished");
-        self.send(Outgoing::Event(self.event(&job, JobChange::Finished(outcome))));
+        self.send(Outgoing::Event(
+            self.event(&job, JobChange::Finished(outcome)),
+        ));
     }
 
-    async fn execute(&self, job: &JobAssignment, log_tx: mpsc::UnboundedSender<LogLine>) -> JobOutcome {
+    async fn execute(
+        &self,
+        job: &JobAssignment,
+        log_tx: mpsc::UnboundedSender<LogLine>,
+    ) -> JobOutcome {
         let kind = match jobs::find(&job.kind) {
             Ok(k) => k,
             Err(e) => return failed(e.to_string(), false),
@@ -218,10 +235,15 @@ impl Worker {
                         retryable: false,
                     },
                     Ok(Err(e)) => failed(e.to_string(), e.retryable()),
-                    Err(_) => failed(format!("timed out after {} s", job.limits.timeout_secs), true),
+                    Err(_) => failed(
+                        format!("timed out after {} s", job.limits.timeout_secs),
+                        true,
+                    ),
                 }
             }
-            Isolation::InProcess => failed(format!("kind `{}` cannot run in-process", job.kind), false),
+            Isolation::InProcess => {
+                failed(format!("kind `{}` cannot run in-process", job.kind), false)
+            }
             Isolation::Container => {
                 let log = move |line: LogLine| {
                     let _ = log_tx.send(line);
@@ -335,7 +357,12 @@ impl Worker {
 }
 
 /// Collects an attempt's log lines into batches: every 100 ms or 500 lines.
-async fn batch_logs(worker: Arc<Worker>, job: Uuid, attempt: u32, mut rx: mpsc::UnboundedReceiver<LogLine>) {
+async fn batch_logs(
+    worker: Arc<Worker>,
+    job: Uuid,
+    attempt: u32,
+    mut rx: mpsc::UnboundedReceiver<LogLine>,
+) {
     let mut lines = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -399,7 +426,8 @@ impl StatsReader {
             stats.load1 = load.one;
         }
         if let Ok(disks) = sysinfo::Disks::new_with_refreshed_list() {
-            let dir = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+            let dir =
+                std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
             if let Some(disk) = disks
                 .iter()
                 .filter(|d| dir.starts_with(d.mount_point()))

@@ -34,7 +34,9 @@ fn require_read(ctx: &Context<'_>) -> Result<(), Error> {
     if operator || orch(ctx).config().api.public_reads {
         Ok(())
     } else {
-        Err(Error::new("unauthorized: reads need the operator token (Authorization: Bearer …)"))
+        Err(Error::new(
+            "unauthorized: reads need the operator token (Authorization: Bearer …)",
+        ))
     }
 }
 
@@ -42,7 +44,9 @@ fn require_operator(ctx: &Context<'_>) -> Result<(), Error> {
     if ctx.data_opt::<Auth>().is_some_and(|a| a.operator) {
         Ok(())
     } else {
-        Err(Error::new("unauthorized: mutations need the operator token (Authorization: Bearer …)"))
+        Err(Error::new(
+            "unauthorized: mutations need the operator token (Authorization: Bearer …)",
+        ))
     }
 }
 
@@ -66,7 +70,11 @@ impl Query {
     async fn nodes(&self, ctx: &Context<'_>) -> Result<Vec<NodeView>, Error> {
         require_read(ctx)?;
         let o = orch(ctx);
-        Ok(o.store().nodes()?.into_iter().map(|n| NodeView::new(o, n)).collect())
+        Ok(o.store()
+            .nodes()?
+            .into_iter()
+            .map(|n| NodeView::new(o, n))
+            .collect())
     }
 
     async fn node(&self, ctx: &Context<'_>, id: String) -> Result<Option<NodeView>, Error> {
@@ -95,7 +103,9 @@ impl Query {
         let mut out = Vec::new();
         for job in orch(ctx).store().jobs() {
             let job = job?;
-            if status.is_some_and(|s| s != job.state) || kind.as_ref().is_some_and(|k| *k != job.kind) {
+            if status.is_some_and(|s| s != job.state)
+                || kind.as_ref().is_some_and(|k| *k != job.kind)
+            {
                 continue;
             }
             out.push(JobView(job));
@@ -175,10 +185,15 @@ impl Subscription {
         require_read(ctx)?;
         let only = id.as_ref().map(parse_id).transpose()?;
         let rx = orch(ctx).subscribe();
-        Ok(tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |n| {
-            let keep = n.ok().filter(|n| only.is_none_or(|id| id == n.job)).map(JobEventView);
-            futures::future::ready(keep)
-        }))
+        Ok(
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |n| {
+                let keep = n
+                    .ok()
+                    .filter(|n| only.is_none_or(|id| id == n.job))
+                    .map(JobEventView);
+                futures::future::ready(keep)
+            }),
+        )
     }
 }
 
@@ -266,7 +281,11 @@ impl JobView {
     }
     /// Captured output lines, oldest first.
     async fn log(&self, ctx: &Context<'_>) -> Result<Vec<LogLineView>, Error> {
-        Ok(orch(ctx).logs(self.0.id)?.into_iter().map(LogLineView).collect())
+        Ok(orch(ctx)
+            .logs(self.0.id)?
+            .into_iter()
+            .map(LogLineView)
+            .collect())
     }
 }
 

@@ -56,11 +56,17 @@ impl ApiError {
 impl From<OrchestratorError> for ApiError {
     fn from(e: OrchestratorError) -> Self {
         match e {
-            OrchestratorError::Job(_) | OrchestratorError::Invalid(_) => Self::BadRequest(e.to_string()),
+            OrchestratorError::Job(_) | OrchestratorError::Invalid(_) => {
+                Self::BadRequest(e.to_string())
+            }
             OrchestratorError::NoSuchJob(_) => Self::NotFound(e.to_string()),
-            OrchestratorError::JoinRefused(_) => Self::Unauthorized("join refused: wrong or expired proof of the cluster token"),
+            OrchestratorError::JoinRefused(_) => {
+                Self::Unauthorized("join refused: wrong or expired proof of the cluster token")
+            }
             OrchestratorError::AlreadyFinal { .. } => Self::BadRequest(e.to_string()),
-            OrchestratorError::Store(_) | OrchestratorError::Broker(_) => Self::Internal(e.to_string()),
+            OrchestratorError::Store(_) | OrchestratorError::Broker(_) => {
+                Self::Internal(e.to_string())
+            }
         }
     }
 }
@@ -140,7 +146,10 @@ impl<'r> FromRequest<'r> for Reader {
             Some(s) if s.public_reads || is_operator(req, s) => Outcome::Success(Reader),
             _ => {
                 req.local_cache(|| "reads need the operator token (Authorization: Bearer …)");
-                Outcome::Error((Status::Unauthorized, ApiError::Unauthorized("reads need the operator token")))
+                Outcome::Error((
+                    Status::Unauthorized,
+                    ApiError::Unauthorized("reads need the operator token"),
+                ))
             }
         }
     }
@@ -157,7 +166,10 @@ impl<'r> FromRequest<'r> for Operator {
             Some(s) if is_operator(req, s) => Outcome::Success(Operator),
             _ => {
                 req.local_cache(|| "this needs the operator token (Authorization: Bearer …)");
-                Outcome::Error((Status::Unauthorized, ApiError::Unauthorized("this needs the operator token")))
+                Outcome::Error((
+                    Status::Unauthorized,
+                    ApiError::Unauthorized("this needs the operator token"),
+                ))
             }
         }
     }
@@ -190,7 +202,11 @@ fn nodes(_r: Reader, s: &State<ApiState>) -> ApiResult<Json<Value>> {
         .map(|n| {
             let mut v = serde_json::to_value(&n).unwrap_or_default();
             v["alive"] = json!(o.is_alive(&n.id));
-            v["role"] = json!(if n.id == o.self_id() { "orchestrator" } else { "worker" });
+            v["role"] = json!(if n.id == o.self_id() {
+                "orchestrator"
+            } else {
+                "worker"
+            });
             v["running_jobs"] = json!(active.get(&n.id).copied().unwrap_or(0));
             v
         })
@@ -245,12 +261,19 @@ fn job(_r: Reader, s: &State<ApiState>, id: &str) -> ApiResult<Json<Value>> {
 }
 
 #[post("/api/v1/jobs", data = "<body>")]
-async fn enqueue(_op: Operator, s: &State<ApiState>, body: &str) -> ApiResult<(Status, Json<Value>)> {
+async fn enqueue(
+    _op: Operator,
+    s: &State<ApiState>,
+    body: &str,
+) -> ApiResult<(Status, Json<Value>)> {
     let o = s.orch()?;
     let req: JobRequest = serde_json::from_str(body)
         .map_err(|e| ApiError::BadRequest(format!("malformed job request: {e}")))?;
     let job = o.enqueue(req).await?;
-    Ok((Status::Created, Json(serde_json::to_value(job).unwrap_or_default())))
+    Ok((
+        Status::Created,
+        Json(serde_json::to_value(job).unwrap_or_default()),
+    ))
 }
 
 #[post("/api/v1/jobs/<id>/cancel")]
@@ -297,25 +320,53 @@ async fn metrics(s: &State<ApiState>) -> ApiResult<(ContentType, String)> {
         *by_state.entry(job?.state).or_insert(0u64) += 1;
     }
     let mut m = String::new();
-    let _ = writeln!(m, "# HELP kraken_jobs Jobs by state.\n# TYPE kraken_jobs gauge");
+    let _ = writeln!(
+        m,
+        "# HELP kraken_jobs Jobs by state.\n# TYPE kraken_jobs gauge"
+    );
     for st in JobState::ALL {
-        let _ = writeln!(m, "kraken_jobs{{state=\"{}\"}} {}", st.as_str(), by_state.get(&st).unwrap_or(&0));
+        let _ = writeln!(
+            m,
+            "kraken_jobs{{state=\"{}\"}} {}",
+            st.as_str(),
+            by_state.get(&st).unwrap_or(&0)
+        );
     }
     let nodes = o.store().nodes()?;
     let alive = nodes.iter().filter(|n| o.is_alive(&n.id)).count();
-    let _ = writeln!(m, "# HELP kraken_nodes Nodes known to the orchestrator.\n# TYPE kraken_nodes gauge");
+    let _ = writeln!(
+        m,
+        "# HELP kraken_nodes Nodes known to the orchestrator.\n# TYPE kraken_nodes gauge"
+    );
     let _ = writeln!(m, "kraken_nodes{{alive=\"true\"}} {alive}");
     let _ = writeln!(m, "kraken_nodes{{alive=\"false\"}} {}", nodes.len() - alive);
     let _ = writeln!(m, "# HELP kraken_jobs_dispatched_total Job attempts sent to workers.\n# TYPE kraken_jobs_dispatched_total counter");
-    let _ = writeln!(m, "kraken_jobs_dispatched_total {}", o.counters.dispatched.load(std::sync::atomic::Ordering::Relaxed));
+    let _ = writeln!(
+        m,
+        "kraken_jobs_dispatched_total {}",
+        o.counters
+            .dispatched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let _ = writeln!(m, "# HELP kraken_jobs_lost_total Job attempts lost with a dead worker.\n# TYPE kraken_jobs_lost_total counter");
-    let _ = writeln!(m, "kraken_jobs_lost_total {}", o.counters.dead_workers.load(std::sync::atomic::Ordering::Relaxed));
+    let _ = writeln!(
+        m,
+        "kraken_jobs_lost_total {}",
+        o.counters
+            .dead_workers
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let _ = writeln!(m, "# HELP kraken_queue_depth Messages waiting in a broker queue.\n# TYPE kraken_queue_depth gauge");
     if let Some(broker) = o.broker() {
-        let mut queues: Vec<String> = ["sysinfo", "events", "logs", crate::broker::DEAD_LETTER_QUEUE]
-            .iter()
-            .map(|q| q.to_string())
-            .collect();
+        let mut queues: Vec<String> = [
+            "sysinfo",
+            "events",
+            "logs",
+            crate::broker::DEAD_LETTER_QUEUE,
+        ]
+        .iter()
+        .map(|q| q.to_string())
+        .collect();
         queues.extend(nodes.iter().map(|n| crate::broker::work_queue(&n.id)));
         for q in queues {
             if let Some(depth) = broker.queue_depth(&q).await {
@@ -325,17 +376,28 @@ async fn metrics(s: &State<ApiState>) -> ApiResult<(ContentType, String)> {
     }
     let _ = writeln!(m, "# HELP kraken_scheduler_queued Jobs waiting for a slot.\n# TYPE kraken_scheduler_queued gauge");
     let _ = writeln!(m, "kraken_scheduler_queued {}", o.queued_count());
-    Ok((ContentType::new("text", "plain").with_params(("version", "0.0.4")), m))
+    Ok((
+        ContentType::new("text", "plain").with_params(("version", "0.0.4")),
+        m,
+    ))
 }
 
 #[post("/graphql", data = "<request>", format = "application/json")]
-async fn graphql_post(caller: Caller, s: &State<ApiState>, request: GraphQLRequest) -> ApiResult<GraphQLResponse> {
+async fn graphql_post(
+    caller: Caller,
+    s: &State<ApiState>,
+    request: GraphQLRequest,
+) -> ApiResult<GraphQLResponse> {
     let schema = s.schema.as_ref().ok_or(ApiError::NotOrchestrator)?;
     Ok(request.data(caller.0).execute(schema).await)
 }
 
 #[get("/graphql?<query..>")]
-async fn graphql_get(caller: Caller, s: &State<ApiState>, query: GraphQLQuery) -> ApiResult<GraphQLResponse> {
+async fn graphql_get(
+    caller: Caller,
+    s: &State<ApiState>,
+    query: GraphQLQuery,
+) -> ApiResult<GraphQLResponse> {
     let schema = s.schema.as_ref().ok_or(ApiError::NotOrchestrator)?;
     let request: GraphQLRequest = query.into();
     Ok(request.data(caller.0).execute(schema).await)
@@ -364,7 +426,11 @@ impl<'r, 'o: 'r, R: Responder<'r, 'o>> Responder<'r, 'o> for WithProtocol<R> {
 }
 
 #[get("/graphql/ws")]
-fn graphql_ws(ws: rocket_ws::WebSocket, caller: Caller, s: &State<ApiState>) -> ApiResult<WithProtocol<rocket_ws::Channel<'static>>> {
+fn graphql_ws(
+    ws: rocket_ws::WebSocket,
+    caller: Caller,
+    s: &State<ApiState>,
+) -> ApiResult<WithProtocol<rocket_ws::Channel<'static>>> {
     use futures::{SinkExt, StreamExt};
     let schema = s.schema.clone().ok_or(ApiError::NotOrchestrator)?;
     let token = s.operator_token.clone();
@@ -424,7 +490,10 @@ fn default_catcher(status: Status, req: &Request<'_>) -> (Status, (ContentType, 
     } else {
         cached.to_string()
     };
-    (status, (ContentType::JSON, json!({ "error": message }).to_string()))
+    (
+        status,
+        (ContentType::JSON, json!({ "error": message }).to_string()),
+    )
 }
 
 /// Serves the API on `bind:port` until `shutdown`.
@@ -454,8 +523,21 @@ pub async fn serve(
         .mount(
             "/",
             routes![
-                ping, cluster, nodes, jobs, job, enqueue, cancel, log, join_challenge, join, metrics,
-                graphql_post, graphql_get, graphiql, graphql_ws
+                ping,
+                cluster,
+                nodes,
+                jobs,
+                job,
+                enqueue,
+                cancel,
+                log,
+                join_challenge,
+                join,
+                metrics,
+                graphql_post,
+                graphql_get,
+                graphiql,
+                graphql_ws
             ],
         )
         .register("/", catchers![default_catcher])

@@ -14,9 +14,8 @@ pub mod server;
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -288,7 +287,9 @@ impl<T: Message> TypedConsumer<T> {
                     })
                 }
                 Err(error) => {
-                    let preview = String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(120)]).into_owned();
+                    let preview =
+                        String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(120)])
+                            .into_owned();
                     tracing::warn!(%error, queue = %self.queue, %preview, "undecodable message sent to the dead-letter queue");
                     if let Err(error) = delivery
                         .acker

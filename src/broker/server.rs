@@ -63,7 +63,8 @@ impl RabbitServer {
     }
 
     fn prepare_dirs(&self) -> Result<(), BrokerError> {
-        let io = |e: std::io::Error| BrokerError::Server(format!("{}: {e}", self.spec.dir.display()));
+        let io =
+            |e: std::io::Error| BrokerError::Server(format!("{}: {e}", self.spec.dir.display()));
         for sub in ["mnesia", "log"] {
             std::fs::create_dir_all(self.spec.dir.join(sub)).map_err(io)?;
         }
@@ -284,7 +285,10 @@ fn regex_escape(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             let special = ".^$*+?()[]{}|\\".contains(c);
-            special.then_some('\\').into_iter().chain(std::iter::once(c))
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
         })
         .collect()
 }
@@ -304,7 +308,10 @@ fn hand_to_broker_user(dir: &Path) {
         if let Ok(meta) = std::fs::metadata(ancestor) {
             let mode = meta.permissions().mode();
             if mode & 0o001 == 0 {
-                let _ = std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(mode | 0o001));
+                let _ = std::fs::set_permissions(
+                    ancestor,
+                    std::fs::Permissions::from_mode(mode | 0o001),
+                );
             }
         }
     }

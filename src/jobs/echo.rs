@@ -18,7 +18,11 @@ impl JobKind for Echo {
         Ok(())
     }
 
-    fn run<'a>(&'a self, spec: &'a Value, ctx: &'a JobContext) -> BoxFuture<'a, Result<Value, JobError>> {
+    fn run<'a>(
+        &'a self,
+        spec: &'a Value,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<Value, JobError>> {
         Box::pin(async move {
             self.validate(spec)?;
             let message = str_field(spec, "message")?.unwrap_or("");

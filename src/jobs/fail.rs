@@ -17,7 +17,11 @@ impl JobKind for Fail {
         Ok(())
     }
 
-    fn run<'a>(&'a self, spec: &'a Value, ctx: &'a JobContext) -> BoxFuture<'a, Result<Value, JobError>> {
+    fn run<'a>(
+        &'a self,
+        spec: &'a Value,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<Value, JobError>> {
         Box::pin(async move {
             let message = str_field(spec, "message")?.unwrap_or("failed on purpose");
             ctx.log(&format!("about to fail: {message}"));

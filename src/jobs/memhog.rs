@@ -18,7 +18,11 @@ impl JobKind for MemHog {
         Ok(())
     }
 
-    fn run<'a>(&'a self, spec: &'a Value, ctx: &'a JobContext) -> BoxFuture<'a, Result<Value, JobError>> {
+    fn run<'a>(
+        &'a self,
+        spec: &'a Value,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<Value, JobError>> {
         Box::pin(async move {
             let mb = u64_field(spec, "mb", 64 * 1024)?.unwrap_or(64) as usize;
             let mut chunks: Vec<Vec<u8>> = Vec::with_capacity(mb);

@@ -51,7 +51,11 @@ pub trait JobKind: Send + Sync {
     /// Checks a spec before the job is accepted; the error is shown to the operator.
     fn validate(&self, spec: &Value) -> Result<(), JobError>;
     /// Runs the job, returning its result.
-    fn run<'a>(&'a self, spec: &'a Value, ctx: &'a JobContext) -> BoxFuture<'a, Result<Value, JobError>>;
+    fn run<'a>(
+        &'a self,
+        spec: &'a Value,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<Value, JobError>>;
     /// Whether the worker may run it inside its own process (the fast path): only kinds that
     /// cannot harm the agent.
     fn in_process_safe(&self) -> bool {
@@ -115,7 +119,9 @@ fn str_field<'a>(spec: &'a Value, key: &str) -> Result<Option<&'a str>, JobError
     match object(spec)?.get(key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(JobError::BadSpec(format!("`{key}` must be a string, got {v}"))),
+        Some(v) => Err(JobError::BadSpec(format!(
+            "`{key}` must be a string, got {v}"
+        ))),
     }
 }
 
@@ -143,10 +149,27 @@ pub async fn run_from_env() -> i32 {
     }
     .await;
     let (code, result) = match outcome {
-        Ok(v) => (0, ContainerResult { ok: true, result: Some(v), error: None, retryable: false }),
-        Err(e) => (1, ContainerResult { ok: false, result: None, error: Some(e.to_string()), retryable: e.retryable() }),
+        Ok(v) => (
+            0,
+            ContainerResult {
+                ok: true,
+                result: Some(v),
+                error: None,
+                retryable: false,
+            },
+        ),
+        Err(e) => (
+            1,
+            ContainerResult {
+                ok: false,
+                result: None,
+                error: Some(e.to_string()),
+                retryable: e.retryable(),
+            },
+        ),
     };
-    let line = serde_json::to_string(&result).unwrap_or_else(|_| "{\"ok\":false,\"retryable\":false}".into());
+    let line = serde_json::to_string(&result)
+        .unwrap_or_else(|_| "{\"ok\":false,\"retryable\":false}".into());
     println!("{RESULT_MARKER}{line}");
     code
 }

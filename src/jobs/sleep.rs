@@ -19,7 +19,11 @@ impl JobKind for Sleep {
         Ok(())
     }
 
-    fn run<'a>(&'a self, spec: &'a Value, ctx: &'a JobContext) -> BoxFuture<'a, Result<Value, JobError>> {
+    fn run<'a>(
+        &'a self,
+        spec: &'a Value,
+        ctx: &'a JobContext,
+    ) -> BoxFuture<'a, Result<Value, JobError>> {
         Box::pin(async move {
             let ms = u64_field(spec, "ms", MAX_MS)?.unwrap_or(1000);
             ctx.log(&format!("sleeping {ms} ms"));

@@ -1,0 +1,288 @@
+//! The cluster end to end: one orchestrator and two workers as real processes, jobs in real
+//! containers through a real RabbitMQ, a worker killed mid-job, an orchestrator restarted.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Subscribes to `jobEvents` over the websocket and collects events until `done` says so.
+async fn collect_events(
+    url: String,
+    token: String,
+    ready: tokio::sync::oneshot::Sender<()>,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket connects");
+    assert_eq!(
+        resp.headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some("graphql-transport-ws")
+    );
+    let init =
+        json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {token}")}});
+    ws.send(Message::Text(init.to_string())).await.unwrap();
+    let ack = ws.next().await.unwrap().unwrap();
+    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    let sub = json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { jobEvents { jobId state attempt node } }"}});
+    ws.send(Message::Text(sub.to_string())).await.unwrap();
+    // the server registers the subscription on receipt; give it a moment before jobs start
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = ready.send(());
+    let mut events = Vec::new();
+    while let Some(Ok(msg)) = ws.next().await {
+        let Ok(text) = msg.to_text() else { continue };
+        let v: Value = serde_json::from_str(text).unwrap_or_default();
+        if v["type"] == "next" {
+            events.push(v["payload"]["data"]["jobEvents"].clone());
+            if done(&events) {
+                break;
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_container_jobs_spread_over_two_workers() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let orch = Agent::orchestrator(root.path(), 0, &[]);
+    let w1 = Agent::worker(root.path(), "w1", &orch, 3, &[]);
+    let w2 = Agent::worker(root.path(), "w2", &orch, 3, &[]);
+    orch.wait_ready(2).await;
+    let client = orch.client();
+
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let ws_url = format!("ws://127.0.0.1:{}/graphql/ws", orch.api_port);
+    let events = tokio::spawn(collect_events(
+        ws_url,
+        orch.operator_token(),
+        ready_tx,
+        |evs| evs.iter().filter(|e| e["state"] == "SUCCEEDED").count() >= 40,
+    ));
+    ready_rx.await.unwrap();
+
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            enqueue(
+                &client,
+                "echo",
+                json!({"message": format!("job {i}"), "lines": 2}),
+                "",
+            )
+            .await,
+        );
+    }
+    let jobs = wait_final(&client, &ids, Duration::from_secs(240)).await;
+
+    let (n1, n2) = (w1.node_id(), w2.node_id());
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    for (i, j) in jobs.iter().enumerate() {
+        assert_eq!(j["state"], "SUCCEEDED", "{j}");
+        assert_eq!(j["result"]["message"], format!("job {i}"));
+        assert_eq!(j["exitCode"], 0, "ran in a container: {j}");
+        let lines: Vec<&str> = j["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(lines, vec![format!("job {i} 0"), format!("job {i} 1")]);
+        *per_node
+            .entry(j["node"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert!(
+        per_node.get(&n1).copied().unwrap_or(0) > 0 && per_node.get(&n2).copied().unwrap_or(0) > 0,
+        "jobs spread over both workers: {per_node:?}"
+    );
+
+    // the same results through REST
+    let rest = client
+        .get(&format!("/api/v1/jobs/{}", ids[0]))
+        .await
+        .unwrap();
+    assert_eq!(rest["state"], "SUCCEEDED");
+    let log = client.get(&format!("/log/{}", ids[0])).await.unwrap();
+    assert_eq!(log, Value::String("job 0 0\njob 0 1\n".into()));
+    let listed = client
+        .graphql(
+            "{ jobs(status: SUCCEEDED, kind: \"echo\") { id } }",
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 40);
+
+    // each job succeeded exactly once on the subscription
+    let events = tokio::time::timeout(Duration::from_secs(30), events)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut succeeded: HashMap<String, usize> = HashMap::new();
+    for e in events.iter().filter(|e| e["state"] == "SUCCEEDED") {
+        *succeeded
+            .entry(e["jobId"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(succeeded.len(), 40);
+    assert!(succeeded.values().all(|&n| n == 1), "{succeeded:?}");
+
+    // nodes report their resources
+    let nodes = client
+        .graphql(
+            "{ nodes { id role alive slots stats { cpus memoryTotalMb diskTotalMb dockerOk } } }",
+            json!({}),
+        )
+        .await
+        .unwrap();
+    let nodes = nodes["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for n in nodes.iter().filter(|n| n["role"] == "worker") {
+        assert_eq!(n["alive"], true);
+        assert!(n["stats"]["cpus"].as_i64().unwrap() > 0, "{n}");
+        assert!(n["stats"]["memoryTotalMb"].as_i64().unwrap() > 0, "{n}");
+        assert!(n["stats"]["diskTotalMb"].as_i64().unwrap() > 0, "{n}");
+        assert_eq!(n["stats"]["dockerOk"], true);
+    }
+    let metrics = reqwest::get(format!("{}/metrics", orch.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kraken_jobs{state=\"succeeded\"} 40"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kraken_nodes{alive=\"true\"} 3"),
+        "{metrics}"
+    );
+    // no job container is left behind
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=kraken.node={n1}")])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_a_killed_worker_finish_on_the_other() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let grace = [("KRAKEN_ORCHESTRATOR_GRACE_MS", "3000")];
+    let orch = Agent::orchestrator(root.path(), 0, &grace);
+    let mut w1 = Agent::worker(root.path(), "w1", &orch, 3, &[]);
+    let w2 = Agent::worker(root.path(), "w2", &orch, 3, &[]);
+    orch.wait_ready(2).await;
+    let client = orch.client();
+    let n1 = w1.node_id();
+
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(enqueue(&client, "sleep", json!({"ms": 4000}), "").await);
+    }
+    // wait until w1 runs some of them, then kill it without warning
+    let on_w1: Vec<String> = wait_until_async("w1 runs jobs", Duration::from_secs(60), || async {
+        let mut running = Vec::new();
+        for id in &ids {
+            let j = job(&client, id).await;
+            if j["state"] == "RUNNING" && j["node"] == n1.as_str() {
+                running.push(id.clone());
+            }
+        }
+        (!running.is_empty()).then_some(running)
+    })
+    .await;
+    w1.kill9();
+
+    let jobs = wait_final(&client, &ids, Duration::from_secs(120)).await;
+    let n2 = w2.node_id();
+    for j in &jobs {
+        assert_eq!(j["state"], "SUCCEEDED", "{j}");
+        let outcomes: Vec<&Value> = j["attempts"].as_array().unwrap().iter().collect();
+        let succeeded = outcomes
+            .iter()
+            .filter(|a| a["outcome"] == "succeeded")
+            .count();
+        assert_eq!(succeeded, 1, "succeeded exactly once: {j}");
+        if on_w1.contains(&j["id"].as_str().unwrap().to_owned()) {
+            assert_eq!(
+                j["node"],
+                n2.as_str(),
+                "finished on the surviving worker: {j}"
+            );
+            assert!(
+                outcomes[0]["outcome"].as_str().unwrap().starts_with("lost"),
+                "{j}"
+            );
+        }
+    }
+    let nodes = client.get("/api/v1/nodes").await.unwrap();
+    let dead = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == n1.as_str())
+        .unwrap();
+    assert_eq!(dead["alive"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrator_restart_keeps_job_history() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let mut orch = Agent::orchestrator(root.path(), 2, &[]);
+    orch.wait_ready(1).await;
+    let client = orch.client();
+    let ok = enqueue(&client, "echo", json!({"message": "before"}), "").await;
+    let bad = enqueue(
+        &client,
+        "fail",
+        json!({"message": "nope"}),
+        ", maxAttempts: 1",
+    )
+    .await;
+    let before = wait_final(
+        &client,
+        &[ok.clone(), bad.clone()],
+        Duration::from_secs(120),
+    )
+    .await;
+    // one more that is still queued when the orchestrator stops (a huge priority queue is not
+    // needed: no worker slot is free while it restarts)
+    orch.restart();
+    orch.wait_ready(1).await;
+    let client = orch.client();
+    let after = vec![job(&client, &ok).await, job(&client, &bad).await];
+    assert_eq!(before, after, "history unchanged across a restart");
+    assert_eq!(after[0]["state"], "SUCCEEDED");
+    assert_eq!(after[1]["state"], "FAILED");
+    assert_eq!(after[1]["error"], "nope");
+    // and the cluster works on
+    let next = enqueue(&client, "echo", json!({"message": "after"}), "").await;
+    let done = wait_final(&client, &[next], Duration::from_secs(60)).await;
+    assert_eq!(done[0]["result"]["message"], "after");
+}

@@ -1,0 +1,366 @@
+//! The integration-test harness: real agent processes (the built `kraken` binary), each with
+//! its own data dir and ports, on loopback; a real dockerd and real `rabbitmq-server`s.
+#![allow(dead_code)]
+
+use kraken::client::Client;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether the real parts are here. Under `CI=true` their absence fails the test; elsewhere
+/// the test says so and is skipped.
+pub fn real_parts_present() -> bool {
+    let docker = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let rabbit = Command::new("sh")
+        .args(["-c", "command -v rabbitmq-server"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let base = Command::new("docker")
+        .args(["image", "inspect", "debian:bookworm-slim"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if docker && rabbit && base {
+        return true;
+    }
+    let missing = format!(
+        "missing real parts: dockerd running={docker}, rabbitmq-server installed={rabbit}, base image={base} (run scripts/test.sh)"
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{missing}");
+    }
+    eprintln!("SKIPPED: {missing}");
+    false
+}
+
+/// A free TCP port on loopback (and, for AMQP, its distribution port + 20000 too).
+pub fn free_port(with_dist: bool) -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        if !with_dist {
+            return port;
+        }
+        if port < 45000 && std::net::TcpListener::bind(("127.0.0.1", port + 20000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One agent process.
+pub struct Agent {
+    pub name: String,
+    pub dir: PathBuf,
+    pub api_port: u16,
+    pub amqp_port: u16,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Agent {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kraken"));
+        cmd.arg("agent")
+            .args(&self.args)
+            .env("RUST_LOG", "info,rocket=error,lapin=off")
+            .env_remove("KRAKEN_API_URL")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start kraken agent"));
+    }
+
+    /// Starts an orchestrator (which is also a worker with `slots` slots).
+    pub fn orchestrator(root: &Path, slots: u32, env: &[(&str, &str)]) -> Agent {
+        let dir = root.join("orchestrator");
+        std::fs::create_dir_all(&dir).unwrap();
+        let api_port = free_port(false);
+        let amqp_port = free_port(true);
+        let mut a = Agent {
+            name: "orchestrator".into(),
+            args: vec![
+                "--data-dir".into(),
+                dir.join("data").display().to_string(),
+                "--api-port".into(),
+                api_port.to_string(),
+                "--amqp-port".into(),
+                amqp_port.to_string(),
+                "--slots".into(),
+                slots.to_string(),
+                "--name".into(),
+                "orchestrator".into(),
+            ],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            dir,
+            api_port,
+            amqp_port,
+            child: None,
+        };
+        a.spawn();
+        a
+    }
+
+    /// Starts a worker joining `orch`.
+    pub fn worker(
+        root: &Path,
+        name: &str,
+        orch: &Agent,
+        slots: u32,
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let api_port = free_port(false);
+        let mut a = Agent {
+            name: name.into(),
+            args: vec![
+                "--data-dir".into(),
+                dir.join("data").display().to_string(),
+                "--api-port".into(),
+                api_port.to_string(),
+                "--join".into(),
+                orch.url(),
+                "--token".into(),
+                orch.join_token(),
+                "--slots".into(),
+                slots.to_string(),
+                "--name".into(),
+                name.into(),
+            ],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            dir,
+            api_port,
+            amqp_port: 0,
+            child: None,
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn join_token(&self) -> String {
+        wait_until("the join token exists", Duration::from_secs(10), || {
+            std::fs::read_to_string(self.data_dir().join("cluster-token")).ok()
+        })
+        .trim()
+        .to_owned()
+    }
+
+    pub fn operator_token(&self) -> String {
+        wait_until("the operator token exists", Duration::from_secs(10), || {
+            std::fs::read_to_string(self.data_dir().join("operator-token")).ok()
+        })
+        .trim()
+        .to_owned()
+    }
+
+    pub fn node_id(&self) -> String {
+        wait_until("the node id exists", Duration::from_secs(10), || {
+            std::fs::read_to_string(self.data_dir().join("node-id")).ok()
+        })
+        .trim()
+        .to_owned()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url(), Some(self.operator_token()))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits for the process to exit by itself, returning its exit status code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// `kill -9`: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the same agent again (same data dir and ports).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Waits until the API answers and, for an orchestrator, the node `count` are alive.
+    pub async fn wait_ready(&self, alive_nodes: usize) {
+        let client = self.client();
+        wait_until_async("the cluster is up", Duration::from_secs(90), || async {
+            let nodes = client.get("/api/v1/nodes").await.ok()?;
+            let alive = nodes
+                .as_array()?
+                .iter()
+                .filter(|n| n["alive"] == json!(true))
+                .count();
+            (alive >= alive_nodes).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        if self.amqp_port != 0 {
+            // a broker orphaned by a kill -9 of its agent
+            let _ = Command::new("rabbitmqctl")
+                .args([
+                    "-n",
+                    &format!("kraken-{}@localhost", self.amqp_port),
+                    "stop",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, tail(&self.log(), 80));
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Polls `f` until it returns Some, panicking with `what` after `within`.
+pub fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub async fn wait_until_async<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// Enqueues a job through the GraphQL mutation, returning its id.
+pub async fn enqueue(client: &Client, kind: &str, spec: Value, extra: &str) -> String {
+    let q = format!(
+        "mutation($kind: String!, $spec: JSON) {{ enqueueJob(kind: $kind, spec: $spec{extra}) {{ id state }} }}"
+    );
+    let data = client
+        .graphql(&q, json!({ "kind": kind, "spec": spec }))
+        .await
+        .unwrap_or_else(|e| panic!("enqueue {kind}: {e}"));
+    assert_eq!(data["enqueueJob"]["state"], "QUEUED");
+    data["enqueueJob"]["id"].as_str().unwrap().to_owned()
+}
+
+/// A job through GraphQL.
+pub async fn job(client: &Client, id: &str) -> Value {
+    let q = "query($id: ID!) { job(id: $id) { id kind state attempt node error result exitCode log { text stream } attempts { number node outcome } } }";
+    client.graphql(q, json!({ "id": id })).await.unwrap()["job"].clone()
+}
+
+/// Waits until every job in `ids` is in a final state, returning them.
+pub async fn wait_final(client: &Client, ids: &[String], within: Duration) -> Vec<Value> {
+    wait_until_async("every job has finished", within, || async {
+        let mut out = Vec::new();
+        for id in ids {
+            let j = job(client, id).await;
+            if !matches!(
+                j["state"].as_str(),
+                Some("SUCCEEDED" | "FAILED" | "CANCELLED")
+            ) {
+                return None;
+            }
+            out.push(j);
+        }
+        Some(out)
+    })
+    .await
+}
