@@ -117,6 +117,8 @@ struct Sched {
 }
 
 struct Live {
+    /// Whether a heartbeat arrived during this process's life (not just remembered).
+    heard: bool,
     last_seen: Instant,
     slots: u32,
     load: f64,
@@ -175,6 +177,7 @@ impl Orchestrator {
             sched.live.insert(
                 node.id.clone(),
                 Live {
+                    heard: false,
                     last_seen: started,
                     slots: node.slots,
                     load: 0.0,
@@ -226,7 +229,7 @@ impl Orchestrator {
         lock(&self.sched)
             .live
             .get(node)
-            .is_some_and(|l| l.last_seen.elapsed() < grace)
+            .is_some_and(|l| l.heard && l.last_seen.elapsed() < grace)
     }
 
     /// Jobs assigned to or running on each node.
@@ -404,7 +407,7 @@ impl Orchestrator {
         }
         s.live
             .iter()
-            .filter(|(_, l)| l.last_seen.elapsed() < grace && l.slots > 0)
+            .filter(|(_, l)| l.heard && l.last_seen.elapsed() < grace && l.slots > 0)
             .filter_map(|(id, l)| {
                 let u = used.get(id.as_str()).copied().unwrap_or(0);
                 (u < l.slots).then(|| {
@@ -645,6 +648,7 @@ impl Orchestrator {
         lock(&self.sched).live.insert(
             hb.node.clone(),
             Live {
+                heard: true,
                 last_seen: Instant::now(),
                 slots: hb.slots,
                 load,

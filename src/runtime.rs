@@ -25,6 +25,8 @@ pub const JOB_DOCKERFILE: &str = include_str!("../dockerfiles/job.Dockerfile");
 pub const RESULT_MARKER: &str = "KRAKEN_RESULT ";
 /// Longest log line kept; longer lines are cut and say so.
 pub const MAX_LOG_LINE: usize = 16 * 1024;
+/// Longest result a job container may report.
+pub const MAX_RESULT_LINE: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -308,7 +310,7 @@ impl Runtime {
                 at: crate::now_ms(),
                 attempt,
                 stream: stream.to_owned(),
-                text,
+                text: clip_line(&text),
             });
         };
         let deadline = tokio::time::sleep(Duration::from_secs(job.limits.timeout_secs));
@@ -445,10 +447,15 @@ impl LineSplitter {
         let mut out = Vec::new();
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            out.push(clip_line(&String::from_utf8_lossy(&line[..line.len() - 1])));
+            out.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
         }
-        // a line that never ends must not grow without bound
-        if buf.len() > 4 * MAX_LOG_LINE {
+        // a line that never ends must not grow without bound; the result line may be long
+        let limit = if buf.starts_with(RESULT_MARKER.as_bytes()) {
+            MAX_RESULT_LINE
+        } else {
+            4 * MAX_LOG_LINE
+        };
+        if buf.len() > limit {
             out.push(clip_line(&String::from_utf8_lossy(buf)));
             buf.clear();
         }
@@ -459,7 +466,7 @@ impl LineSplitter {
         self.partial
             .drain()
             .filter(|(_, b)| !b.is_empty())
-            .map(|(s, b)| (s, clip_line(&String::from_utf8_lossy(&b))))
+            .map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))
             .collect()
     }
 }
