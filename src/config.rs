@@ -272,9 +272,8 @@ impl Config {
         if self.broker.url.is_empty() && self.broker.amqp_port == 0 {
             return invalid("broker.amqp_port", "must be between 1 and 65535".into());
         }
-        if !self.broker.url.is_empty()
-            && !(self.broker.url.starts_with("amqp://") || self.broker.url.starts_with("amqps://"))
-        {
+        let url = &self.broker.url;
+        if !(url.is_empty() || url.starts_with("amqp://") || url.starts_with("amqps://")) {
             return invalid(
                 "broker.url",
                 format!("`{}` is not an amqp:// URL", self.broker.url),

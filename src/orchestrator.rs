@@ -114,6 +114,9 @@ struct Sched {
     active: HashMap<Uuid, String>,
     /// Liveness and load of nodes, from heartbeats.
     live: HashMap<String, Live>,
+    /// Active jobs their node's heartbeats do not list, since when: a work request lost on
+    /// the way (an orchestrator crash between storing and publishing it) shows up here.
+    missing: HashMap<Uuid, Instant>,
 }
 
 struct Live {
@@ -147,6 +150,10 @@ pub struct Orchestrator {
 }
 
 const NONCE_TTL: Duration = Duration::from_secs(60);
+/// Work requests published before their confirms are awaited together.
+const DISPATCH_BATCH: usize = 128;
+/// Job events applied under one store flush before they are acknowledged.
+const EVENT_BATCH: usize = 256;
 
 impl Orchestrator {
     pub fn new(
@@ -426,6 +433,7 @@ impl Orchestrator {
         };
         let now = crate::now_ms();
         let mut skipped_not_due = Vec::new();
+        let mut in_flight = Vec::new();
         loop {
             let (key, node) = {
                 let mut s = lock(&self.sched);
@@ -481,9 +489,36 @@ impl Orchestrator {
                 continue;
             };
             match broker
-                .publish(&WorkRequest::RunJob(assignment), Some(&node))
+                .send(&WorkRequest::RunJob(assignment), Some(&node))
                 .await
             {
+                Ok(pending) => in_flight.push((job, node, pending)),
+                Err(error) => {
+                    tracing::warn!(%error, job = %job.id, %node, "dispatch failed; job stays queued");
+                    self.requeue(job.id, job.attempt, "dispatch failed", false)?;
+                    break;
+                }
+            }
+            if in_flight.len() >= DISPATCH_BATCH {
+                self.confirm_dispatches(std::mem::take(&mut in_flight))
+                    .await?;
+            }
+        }
+        self.confirm_dispatches(in_flight).await?;
+        if !skipped_not_due.is_empty() {
+            lock(&self.sched).queued.extend(skipped_not_due);
+        }
+        Ok(())
+    }
+
+    /// Waits for the broker to confirm dispatched work requests; a refused one puts its job
+    /// back in the queue.
+    async fn confirm_dispatches(
+        &self,
+        in_flight: Vec<(JobRecord, String, crate::broker::Pending)>,
+    ) -> Result<(), OrchestratorError> {
+        for (job, node, pending) in in_flight {
+            match pending.confirmed().await {
                 Ok(()) => {
                     self.counters
                         .dispatched
@@ -491,14 +526,10 @@ impl Orchestrator {
                     self.notify(&job);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, job = %job.id, %node, "dispatch failed; job stays queued");
+                    tracing::warn!(%error, job = %job.id, %node, "dispatch not confirmed; job stays queued");
                     self.requeue(job.id, job.attempt, "dispatch failed", false)?;
-                    break;
                 }
             }
-        }
-        if !skipped_not_due.is_empty() {
-            lock(&self.sched).queued.extend(skipped_not_due);
         }
         Ok(())
     }
@@ -561,7 +592,10 @@ impl Orchestrator {
         match ev.change {
             JobChange::Started => {
                 let job = self.store.update_job(ev.job, |j| {
-                    if j.attempt != ev.attempt || j.state != JobState::Assigned {
+                    if j.attempt != ev.attempt
+                        || j.state != JobState::Assigned
+                        || j.node.as_deref() != Some(ev.node.as_str())
+                    {
                         return false;
                     }
                     j.state = JobState::Running;
@@ -576,7 +610,7 @@ impl Orchestrator {
                 }
             }
             JobChange::Finished(outcome) => {
-                self.apply_outcome(ev.job, ev.attempt, ev.at, outcome)?
+                self.apply_outcome(ev.job, ev.attempt, &ev.node, ev.at, outcome)?
             }
         }
         Ok(())
@@ -586,20 +620,28 @@ impl Orchestrator {
         &self,
         id: Uuid,
         attempt: u32,
+        node: &str,
         at: i64,
         outcome: JobOutcome,
     ) -> Result<(), OrchestratorError> {
-        if !outcome.success && outcome.retryable {
-            let current = self.store.job(id)?;
-            if let Some(j) = current.filter(|j| j.attempt < j.max_attempts) {
-                let reason = outcome.error.clone().unwrap_or_else(|| "failed".into());
-                let _ = j;
-                self.requeue(id, attempt, &reason, true)?;
-                return Ok(());
-            }
+        let Some(current) = self.store.job(id)? else {
+            return Ok(());
+        };
+        // an event of an attempt that is no longer the job's (a late one from a node whose
+        // work was placed elsewhere) changes nothing
+        if current.attempt != attempt || current.node.as_deref() != Some(node) {
+            return Ok(());
+        }
+        if !outcome.success && outcome.retryable && current.attempt < current.max_attempts {
+            let reason = outcome.error.clone().unwrap_or_else(|| "failed".into());
+            self.requeue(id, attempt, &reason, true)?;
+            return Ok(());
         }
         let job = self.store.update_job(id, |j| {
-            if j.attempt != attempt || !matches!(j.state, JobState::Assigned | JobState::Running) {
+            if j.attempt != attempt
+                || j.node.as_deref() != Some(node)
+                || !matches!(j.state, JobState::Assigned | JobState::Running)
+            {
                 return false;
             }
             j.state = if outcome.success {
@@ -659,10 +701,56 @@ impl Orchestrator {
             tracing::info!(node = %hb.node, name = %node.name, "worker is alive");
             self.wake.notify_one();
         }
+        self.reconcile(&hb.node, &hb.stats.running_jobs)?;
         node.last_seen = hb.sent_at;
         node.slots = hb.slots;
         node.stats = Some(hb.stats);
         self.store.put_node(&node)?;
+        Ok(())
+    }
+
+    /// Compares the jobs a node says it has (`id/attempt`) with those assigned to it; one
+    /// missing from its heartbeats for a whole grace period never reached it and is placed
+    /// again (that attempt does not count against the job).
+    fn reconcile(&self, node: &str, reported: &[String]) -> Result<(), OrchestratorError> {
+        let grace = Duration::from_millis(self.config.orchestrator.grace_ms);
+        let assigned: Vec<Uuid> = {
+            let mut guard = lock(&self.sched);
+            let Sched {
+                active, missing, ..
+            } = &mut *guard;
+            missing.retain(|id, _| active.contains_key(id));
+            active
+                .iter()
+                .filter(|(_, n)| n.as_str() == node)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut lost = Vec::new();
+        for id in assigned {
+            let Some(job) = self.store.job(id)? else {
+                continue;
+            };
+            let mut s = lock(&self.sched);
+            let holds = job.node.as_deref() == Some(node)
+                && matches!(job.state, JobState::Assigned | JobState::Running);
+            if !holds || reported.contains(&format!("{id}/{}", job.attempt)) {
+                s.missing.remove(&id);
+                continue;
+            }
+            let since = *s.missing.entry(id).or_insert_with(Instant::now);
+            if since.elapsed() >= grace {
+                s.missing.remove(&id);
+                lost.push((id, job.attempt));
+            }
+        }
+        for (id, attempt) in lost {
+            tracing::warn!(job = %id, attempt, %node, "the worker does not have its job; placing it again");
+            let reason = format!("lost: worker {node} never received the job");
+            if self.requeue(id, attempt, &reason, false)?.is_none() {
+                lock(&self.sched).active.remove(&id);
+            }
+        }
         Ok(())
     }
 
@@ -926,21 +1014,29 @@ impl Orchestrator {
             }
         };
         loop {
-            let d = tokio::select! {
+            let batch = tokio::select! {
                 _ = session.cancelled() => return,
-                d = c.next() => d,
+                b = c.next_batch(EVENT_BATCH) => b,
             };
-            let Some(d) = d else {
+            if batch.is_empty() {
                 session.cancel();
                 return;
-            };
-            let ev = d.msg.clone();
-            match self.apply_event(ev).await {
-                Ok(()) => {}
-                Err(error) => tracing::error!(%error, job = %d.msg.job, "cannot apply job event"),
             }
-            if let Err(error) = d.ack().await {
-                tracing::warn!(%error, "ack failed");
+            for d in &batch {
+                if let Err(error) = self.apply_event(d.msg.clone()).await {
+                    tracing::error!(%error, job = %d.msg.job, "cannot apply job event");
+                }
+            }
+            // an outcome is acknowledged to the worker only once it is durable here
+            if let Err(error) = self.store.flush().await {
+                tracing::error!(%error, "cannot flush job events; they will be delivered again");
+                session.cancel();
+                return;
+            }
+            for d in batch {
+                if let Err(error) = d.ack().await {
+                    tracing::warn!(%error, "ack failed");
+                }
             }
         }
     }

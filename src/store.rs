@@ -2,7 +2,9 @@
 //!
 //! sled (0.34) is the engine today; nothing outside this module names it, so swapping in
 //! redb or fjall changes this file only. Writes that a caller is told about are flushed
-//! first ([`Store::flush`]).
+//! first ([`Store::flush`]). Flushes are group commits: callers that arrive while a flush
+//! runs share the next one (sled 0.34's `flush_async`, which deadlocks under concurrency,
+//! is never used).
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -19,6 +21,8 @@ pub enum StoreError {
     },
     #[error("store: cannot encode record: {0}")]
     Encode(serde_json::Error),
+    #[error("store: flush failed: {0}")]
+    Flush(String),
 }
 
 /// The life of a job.
@@ -163,10 +167,19 @@ pub struct LogLine {
 /// The store: one sled database with a tree per record kind.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
     nodes: sled::Tree,
     jobs: sled::Tree,
     logs: sled::Tree,
+    db: sled::Db,
+    flusher: std::sync::Arc<Flusher>,
+}
+
+/// Group commit: writers take a ticket, one flush at a time runs, and a flush that started
+/// after a ticket was taken covers it, so concurrent callers share one fsync.
+#[derive(Default)]
+struct Flusher {
+    requested: std::sync::atomic::AtomicU64,
+    flushed: tokio::sync::Mutex<u64>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -189,8 +202,11 @@ impl Store {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
+                // sled wraps the lock's EWOULDBLOCK in an `Other` error naming it
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 50 =>
+                    if tries < 50
+                        && (e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.to_string().contains("could not acquire lock")) =>
                 {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -203,12 +219,24 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             logs: db.open_tree("logs")?,
             db,
+            flusher: Default::default(),
         })
     }
 
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        use std::sync::atomic::Ordering::SeqCst;
+        let ticket = self.flusher.requested.fetch_add(1, SeqCst) + 1;
+        let mut flushed = self.flusher.flushed.lock().await;
+        if *flushed >= ticket {
+            return Ok(());
+        }
+        let covers = self.flusher.requested.load(SeqCst);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Flush(e.to_string()))??;
+        *flushed = covers;
         Ok(())
     }
 
@@ -357,8 +385,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn jobs_survive_reopen() {
+    #[tokio::test]
+    async fn jobs_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let j = job();
         {
@@ -370,11 +398,32 @@ mod tests {
                     true
                 })
                 .unwrap();
-            store.db.flush().unwrap();
+            store.flush().await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.job(j.id).unwrap().unwrap().state, JobState::Succeeded);
         assert_eq!(store.jobs().count(), 1);
+    }
+
+    /// sled's own `flush_async` deadlocks when many tasks flush at once; ours must not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_flushes_all_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.put_job(&job()).unwrap();
+                    store.flush().await.unwrap();
+                })
+            })
+            .collect();
+        let all = futures::future::join_all(tasks);
+        tokio::time::timeout(std::time::Duration::from_secs(30), all)
+            .await
+            .expect("every flush completes");
+        assert_eq!(store.jobs().count(), 200);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::broker::{work_queue, Broker};
 use crate::jobs::{self, JobContext};
 use crate::runtime::{clip_line, Runtime};
 use crate::store::{Isolation, LogLine, NodeStats};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +47,10 @@ pub struct Worker {
     runtime: Arc<Runtime>,
     /// Attempts running here, with the token that cancels each.
     running: Mutex<HashMap<(Uuid, u32), CancellationToken>>,
+    /// Attempts that finished here but whose `Finished` event the broker has not confirmed;
+    /// heartbeats list them with the running ones, so the orchestrator never takes a job
+    /// that is merely on its way back for lost.
+    finishing: Mutex<HashSet<(Uuid, u32)>>,
     outbox: Mutex<VecDeque<Outgoing>>,
     outbox_ready: Notify,
     broker: watch::Sender<Option<Arc<Broker>>>,
@@ -60,6 +64,7 @@ impl Worker {
             settings,
             runtime,
             running: Mutex::new(HashMap::new()),
+            finishing: Mutex::new(HashSet::new()),
             outbox: Mutex::new(VecDeque::new()),
             outbox_ready: Notify::new(),
             broker: watch::channel(None).0,
@@ -199,6 +204,7 @@ impl Worker {
         };
         let _ = batcher.await;
         tracing::info!(success = outcome.success, error = ?outcome.error, "job attempt finished");
+        lock(&self.finishing).insert((job.job, job.attempt));
         self.send(Outgoing::Event(
             self.event(&job, JobChange::Finished(outcome)),
         ));
@@ -276,31 +282,44 @@ impl Worker {
         self.outbox_ready.notify_one();
     }
 
-    /// Publishes the outbox in order whenever a session is up.
+    /// Publishes the outbox in order whenever a session is up: a batch at a time, every
+    /// message of it in flight at once; a batch that is not wholly confirmed goes back to the
+    /// front (the orchestrator applies events idempotently, so a resend is harmless).
     async fn outbox_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut broker_rx = self.broker.subscribe();
         loop {
-            let front = lock(&self.outbox).pop_front();
-            let Some(msg) = front else {
+            let batch: Vec<Outgoing> = {
+                let mut outbox = lock(&self.outbox);
+                let n = outbox.len().min(OUTBOX_BATCH);
+                outbox.drain(..n).collect()
+            };
+            if batch.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = self.outbox_ready.notified() => continue,
                 }
-            };
+            }
             loop {
                 let broker = broker_rx.borrow_and_update().clone();
                 let sent = match &broker {
-                    Some(b) => match &msg {
-                        Outgoing::Event(e) => b.publish(e, None).await,
-                        Outgoing::Logs(l) => b.publish(l, None).await,
-                    },
+                    Some(b) => publish_all(b, &batch).await,
                     None => Err(crate::broker::BrokerError::Server("not connected".into())),
                 };
                 match sent {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        let mut finishing = lock(&self.finishing);
+                        for msg in &batch {
+                            if let Outgoing::Event(e) = msg {
+                                if matches!(e.change, JobChange::Finished(_)) {
+                                    finishing.remove(&(e.job, e.attempt));
+                                }
+                            }
+                        }
+                        break;
+                    }
                     Err(error) => {
                         if broker.is_some() {
-                            tracing::warn!(%error, "publish failed; keeping the message");
+                            tracing::warn!(%error, "publish failed; keeping the messages");
                         }
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
@@ -342,8 +361,12 @@ impl Worker {
         let mut stats = lock(&self.stats).read();
         stats.containers = containers;
         stats.docker_ok = docker_ok;
+        let finishing = lock(&self.finishing).clone();
         stats.running_jobs = lock(&self.running)
             .keys()
+            .chain(finishing.iter())
+            .collect::<HashSet<_>>()
+            .into_iter()
             .map(|(id, a)| format!("{id}/{a}"))
             .collect();
         Heartbeat {
@@ -443,4 +466,25 @@ impl StatsReader {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Messages of the outbox in flight at once.
+const OUTBOX_BATCH: usize = 64;
+
+/// Publishes `batch` in order with every message in flight, then waits for every confirm.
+async fn publish_all(
+    broker: &crate::broker::Broker,
+    batch: &[Outgoing],
+) -> Result<(), crate::broker::BrokerError> {
+    let mut pending = Vec::with_capacity(batch.len());
+    for msg in batch {
+        pending.push(match msg {
+            Outgoing::Event(e) => broker.send(e, None).await?,
+            Outgoing::Logs(l) => broker.send(l, None).await?,
+        });
+    }
+    for p in pending {
+        p.confirmed().await?;
+    }
+    Ok(())
 }

@@ -286,3 +286,68 @@ async fn orchestrator_restart_keeps_job_history() {
     let done = wait_final(&client, &[next], Duration::from_secs(60)).await;
     assert_eq!(done[0]["result"]["message"], "after");
 }
+
+/// An orchestrator that crashed between storing an assignment and publishing it leaves a job
+/// `ASSIGNED` to a live worker that never heard of it; the worker's heartbeats, which list
+/// the jobs it holds, give it away and the job is placed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_request_lost_in_a_crash_is_placed_again() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let grace = [("KRAKEN_ORCHESTRATOR_GRACE_MS", "3000")];
+    let mut orch = Agent::orchestrator(root.path(), 0, &grace);
+    let mut w1 = Agent::worker(root.path(), "w1", &orch, 2, &[]);
+    orch.wait_ready(1).await;
+    let worker_id = w1.node_id();
+    w1.stop();
+    let client = orch.client();
+    let id = enqueue(&client, "echo", json!({"message": "lost and found"}), "").await;
+    assert_eq!(job(&client, &id).await["state"], "QUEUED");
+    orch.stop();
+
+    // what the crash left behind: the job assigned to w1, no work request anywhere
+    {
+        let store = kraken::store::Store::open(&orch.data_dir().join("store")).unwrap();
+        let now = kraken::now_ms();
+        let uuid = id.parse().unwrap();
+        store
+            .update_job(uuid, |j| {
+                j.state = kraken::store::JobState::Assigned;
+                j.attempt = 1;
+                j.node = Some(worker_id.clone());
+                j.attempts.push(kraken::store::Attempt {
+                    number: 1,
+                    node: worker_id.clone(),
+                    assigned_at: now,
+                    started_at: None,
+                    finished_at: None,
+                    outcome: None,
+                });
+                true
+            })
+            .unwrap()
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+
+    orch.restart();
+    w1.restart();
+    orch.wait_ready(1).await;
+    let client = orch.client();
+    let done = wait_final(&client, std::slice::from_ref(&id), Duration::from_secs(60)).await;
+    assert_eq!(done[0]["state"], "SUCCEEDED", "{}", done[0]);
+    assert_eq!(done[0]["result"]["message"], "lost and found");
+    let attempts = done[0]["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "the lost attempt does not count: {attempts:?}"
+    );
+    assert_eq!(attempts[0]["node"], worker_id.as_str());
+    assert!(
+        orch.log().contains("the worker does not have its job"),
+        "the orchestrator says why it placed the job again"
+    );
+}

@@ -159,6 +159,16 @@ impl Broker {
         msg: &T,
         routing_key: Option<&str>,
     ) -> Result<(), BrokerError> {
+        self.send(msg, routing_key).await?.confirmed().await
+    }
+
+    /// Publishes `msg` without waiting for the confirm, so many messages can be in flight;
+    /// the message counts as sent only once [`Pending::confirmed`] says so.
+    pub async fn send<T: Message>(
+        &self,
+        msg: &T,
+        routing_key: Option<&str>,
+    ) -> Result<Pending, BrokerError> {
         let body = serde_json::to_vec(msg)?;
         let mut props = BasicProperties::default().with_content_type("application/json".into());
         if T::PERSISTENT {
@@ -174,14 +184,11 @@ impl Broker {
                 &body,
                 props,
             )
-            .await?
             .await?;
-        if confirm.is_nack() {
-            return Err(BrokerError::Nacked {
-                queue: key.to_owned(),
-            });
-        }
-        Ok(())
+        Ok(Pending {
+            confirm,
+            queue: key.to_owned(),
+        })
     }
 
     /// Starts consuming `queue` as messages of type `T`, on a channel of its own with
@@ -246,6 +253,22 @@ fn dead_lettered() -> FieldTable {
     args
 }
 
+/// A published message awaiting the broker's confirm.
+pub struct Pending {
+    confirm: lapin::PublisherConfirm,
+    queue: String,
+}
+
+impl Pending {
+    /// Waits until the broker has taken the message (or refused it).
+    pub async fn confirmed(self) -> Result<(), BrokerError> {
+        if self.confirm.await?.is_nack() {
+            return Err(BrokerError::Nacked { queue: self.queue });
+        }
+        Ok(())
+    }
+}
+
 /// A consumer yielding decoded messages. Undecodable ones are logged and rejected without
 /// requeue, which dead-letters them; they never stop the consumer.
 pub struct TypedConsumer<T> {
@@ -269,6 +292,25 @@ impl<T> Delivered<T> {
 }
 
 impl<T: Message> TypedConsumer<T> {
+    /// Waits for one message, then takes those already delivered behind it, up to `max`;
+    /// handlers use it to make one store flush cover a whole batch before acking it.
+    /// Empty when the connection is gone.
+    pub async fn next_batch(&mut self, max: usize) -> Vec<Delivered<T>> {
+        use futures::FutureExt;
+        let mut batch = Vec::new();
+        let Some(first) = self.next().await else {
+            return batch;
+        };
+        batch.push(first);
+        while batch.len() < max {
+            match self.next().now_or_never() {
+                Some(Some(d)) => batch.push(d),
+                _ => break,
+            }
+        }
+        batch
+    }
+
     /// The next decoded message; `None` when the connection is gone.
     pub async fn next(&mut self) -> Option<Delivered<T>> {
         loop {

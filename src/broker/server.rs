@@ -137,12 +137,16 @@ impl RabbitServer {
         }
     }
 
-    fn amqp_port_open(&self) -> bool {
-        std::net::TcpStream::connect_timeout(
-            &std::net::SocketAddr::from(([127, 0, 0, 1], self.spec.amqp_port)),
-            Duration::from_millis(300),
+    async fn amqp_port_open(&self) -> bool {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.spec.amqp_port));
+        matches!(
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                tokio::net::TcpStream::connect(addr)
+            )
+            .await,
+            Ok(Ok(_))
         )
-        .is_ok()
     }
 
     /// Runs the broker until `shutdown`: starts it (or adopts an instance of ours left running
@@ -155,7 +159,7 @@ impl RabbitServer {
     ) {
         let mut backoff = Duration::from_millis(500);
         while !shutdown.is_cancelled() {
-            if self.amqp_port_open() {
+            if self.amqp_port_open().await {
                 tracing::info!(port = self.spec.amqp_port, "adopting the running broker");
                 let _ = ready.send(true);
                 self.watch_port(&shutdown).await;
@@ -187,7 +191,7 @@ impl RabbitServer {
                         break;
                     }
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        let open = self.amqp_port_open();
+                        let open = self.amqp_port_open().await;
                         if open != *ready.borrow() {
                             if open { tracing::info!(port = self.spec.amqp_port, elapsed_ms = started.elapsed().as_millis() as u64, "broker ready"); }
                             let _ = ready.send(open);
@@ -207,7 +211,7 @@ impl RabbitServer {
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
         // an adopted broker is stopped too: it is ours
-        if self.amqp_port_open() {
+        if self.amqp_port_open().await {
             let _ = self.ctl(&["stop"]).await;
         }
     }
@@ -217,7 +221,7 @@ impl RabbitServer {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    if !self.amqp_port_open() {
+                    if !self.amqp_port_open().await {
                         tracing::warn!("adopted broker is gone");
                         return;
                     }

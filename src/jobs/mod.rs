@@ -83,7 +83,7 @@ pub fn names() -> Vec<&'static str> {
 }
 
 /// The spec as an object, or a clear error.
-fn object<'a>(spec: &'a Value) -> Result<&'a serde_json::Map<String, Value>, JobError> {
+fn object(spec: &Value) -> Result<&serde_json::Map<String, Value>, JobError> {
     spec.as_object()
         .ok_or_else(|| JobError::BadSpec(format!("spec must be a JSON object, got {spec}")))
 }
