@@ -34,6 +34,9 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub orchestrator: OrchestratorConfig,
     pub join: JoinConfig,
+    pub github: GithubConfig,
+    pub spacedock: SpacedockConfig,
+    pub netkan: NetkanConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,6 +180,98 @@ pub struct JoinConfig {
     pub url: String,
     /// The cluster join token.
     pub token: String,
+}
+
+/// Where GitHub is reached (`KRAKEN_GITHUB_API`, `KRAKEN_GITHUB_WEB`, `KRAKEN_GITHUB_TOKEN`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubConfig {
+    /// The REST API base.
+    pub api: String,
+    /// The web host (release downloads, raw files).
+    pub web: String,
+    /// A token sent to the API when set (raises the rate limit).
+    pub token: String,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            api: crate::netkan::fetch::GITHUB_API.into(),
+            web: crate::netkan::fetch::GITHUB_WEB.into(),
+            token: String::new(),
+        }
+    }
+}
+
+/// Where SpaceDock is reached (`KRAKEN_SPACEDOCK_URL`; its API is under `/api`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpacedockConfig {
+    pub url: String,
+}
+
+impl Default for SpacedockConfig {
+    fn default() -> Self {
+        Self {
+            url: crate::netkan::fetch::SPACEDOCK.into(),
+        }
+    }
+}
+
+/// The NetKAN inflator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetkanConfig {
+    /// Take GitHub pre-releases for every mod.
+    pub prereleases: bool,
+    /// The download cache; `<data_dir>/netkan-cache` when empty.
+    pub cache_dir: String,
+    /// The cache's size bound, MiB.
+    pub cache_max_mb: u64,
+    /// More `public=reachable` URL prefix pairs, comma-separated (hosts of `#/ckan/http` mods
+    /// behind a mirror).
+    pub rewrite: String,
+}
+
+impl Default for NetkanConfig {
+    fn default() -> Self {
+        Self {
+            prereleases: false,
+            cache_dir: String::new(),
+            cache_max_mb: 2048,
+            rewrite: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The upstream hosts of the NetKAN inflator.
+    pub fn upstreams(&self) -> crate::netkan::Upstreams {
+        crate::netkan::Upstreams {
+            github_api: self.github.api.clone(),
+            github_web: self.github.web.clone(),
+            spacedock: self.spacedock.url.clone(),
+            github_token: Some(self.github.token.clone()).filter(|t| !t.is_empty()),
+            extra: parse_rewrites(&self.netkan.rewrite),
+        }
+    }
+
+    /// Where inflation downloads are cached.
+    pub fn netkan_cache_dir(&self) -> PathBuf {
+        if self.netkan.cache_dir.is_empty() {
+            self.node.data_dir.join("netkan-cache")
+        } else {
+            PathBuf::from(&self.netkan.cache_dir)
+        }
+    }
+}
+
+fn parse_rewrites(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .map(|(a, b)| (a.trim().to_owned(), b.trim().to_owned()))
+        .collect()
 }
 
 /// Settings given on the command line; they win over file and environment.
@@ -329,6 +424,33 @@ impl Config {
                 );
             }
         }
+        for (key, url) in [
+            ("github.api", &self.github.api),
+            ("github.web", &self.github.web),
+            ("spacedock.url", &self.spacedock.url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid(key, format!("`{url}` is not an http(s) URL"));
+            }
+        }
+        for pair in self
+            .netkan
+            .rewrite
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+        {
+            let ok = pair.split_once('=').is_some_and(|(a, b)| {
+                let url =
+                    |u: &str| u.trim().starts_with("http://") || u.trim().starts_with("https://");
+                url(a) && url(b)
+            });
+            if !ok {
+                return invalid(
+                    "netkan.rewrite",
+                    format!("`{pair}` is not a `https://public=http://reachable` pair"),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -343,7 +465,17 @@ impl Config {
 }
 
 /// The config sections an environment variable may address.
-const SECTIONS: [&str; 6] = ["node", "api", "broker", "worker", "orchestrator", "join"];
+const SECTIONS: [&str; 9] = [
+    "node",
+    "api",
+    "broker",
+    "worker",
+    "orchestrator",
+    "join",
+    "github",
+    "spacedock",
+    "netkan",
+];
 
 /// Folds `KRAKEN_<SECTION>_<KEY>=value` into the TOML table. Variables of other prefixes
 /// (say `KRAKEN_JOB_SPEC`, used inside job containers) are not settings and are skipped.

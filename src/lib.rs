@@ -32,6 +32,7 @@ pub mod client;
 pub mod config;
 pub mod identity;
 pub mod jobs;
+pub mod netkan;
 pub mod orchestrator;
 pub mod runtime;
 pub mod store;

@@ -87,6 +87,30 @@ enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// The NetKAN mod-index pipeline.
+    Netkan {
+        #[command(subcommand)]
+        command: NetkanCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetkanCommand {
+    /// Inflate one .netkan into a .ckan, here, and print the outcome.
+    Inflate {
+        file: PathBuf,
+        /// The highest version already indexed (for the out-of-order check).
+        #[arg(long)]
+        highest_version: Option<String>,
+        #[arg(long, default_value = "KSP")]
+        game_id: String,
+        /// Where to write `<identifier>-<version>.ckan` (default: the current directory).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Config file with the upstream URLs (default: ./kraken.toml when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,6 +218,35 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 signal.cancel();
             });
             kraken::agent::run(config, shutdown).await?;
+        }
+        Command::Netkan {
+            command:
+                NetkanCommand::Inflate {
+                    file,
+                    highest_version,
+                    game_id,
+                    out,
+                    config,
+                },
+        } => {
+            let config = Config::load(config.as_deref(), std::env::vars(), &Overrides::default())
+                .context("invalid configuration")?;
+            init_tracing(&config.node.log);
+            let opts = kraken::netkan::Options {
+                highest_version,
+                game_id: Some(game_id),
+                prereleases: config.netkan.prereleases,
+                file_name: None,
+            };
+            let outcome = kraken::netkan::inflate_file(&config, &file, opts, &out).await?;
+            let mut shown = serde_json::to_value(&outcome)?;
+            if let Some(o) = shown.as_object_mut() {
+                o.remove("Ckan");
+            }
+            print(&shown);
+            if !outcome.success {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
         }
         Command::Token { data_dir, operator } => {
             let file = if operator {
