@@ -18,5 +18,17 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+# The NetKAN corpus is third-party data read in place, never copied into the project:
+# $NETKAN_CORPUS, else ../shared/netkan-corpus beside the checkout, else the
+# workplace's copy. Its tests skip where it is absent, and fail under CI=true.
+if [ -z "${NETKAN_CORPUS:-}" ]; then
+    for c in "$PWD/../shared/netkan-corpus" /work/shared/netkan-corpus; do
+        if [ -f "$c/manifest.tsv" ]; then
+            export NETKAN_CORPUS="$c"
+            break
+        fi
+    done
+fi
+
 cargo build --all-targets
 cargo nextest run --no-fail-fast "$@"

@@ -17,6 +17,7 @@
 //!   runs the jobs it is given and reports events and log lines back.
 //! - [`runtime`]: Docker through bollard: the job image, containers with limits, logs, cleanup.
 //! - [`jobs`]: the job kinds; each kind is one module implementing [`jobs::JobKind`].
+//! - [`netkan`]: the NetKAN inflator (`.netkan` → `.ckan`) and CKAN's version ordering.
 //! - [`api`]: REST + GraphQL (queries, mutations, subscriptions) + `/metrics` + join endpoints.
 //! - [`client`]: the HTTP client the CLI and joining workers use.
 //!

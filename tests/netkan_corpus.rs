@@ -1,5 +1,5 @@
 //! The inflator against real metadata: every mod of `../shared/netkan-corpus` (or
-//! `$KRAKEN_NETKAN_CORPUS`) is inflated against a test server that answers, in GitHub's and
+//! `$NETKAN_CORPUS`) is inflated against a test server that answers, in GitHub's and
 //! SpaceDock's real API shapes, what the upstreams answered when the official inflator made
 //! the corpus' `.ckan`; the result must match it field by field. Download-derived fields
 //! must match the zip the test served instead. Also CKAN's version ordering against the
@@ -19,7 +19,7 @@ use upstream::{Answer, Upstream};
 
 /// The corpus, or `None` (with the reason printed) where it is absent outside CI.
 fn corpus() -> Option<PathBuf> {
-    let dir = std::env::var("KRAKEN_NETKAN_CORPUS")
+    let dir = std::env::var("NETKAN_CORPUS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             PathBuf::from(concat!(
@@ -32,12 +32,12 @@ fn corpus() -> Option<PathBuf> {
     }
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!(
-            "the NetKAN corpus is missing at {} (set KRAKEN_NETKAN_CORPUS)",
+            "the NetKAN corpus is missing at {} (set NETKAN_CORPUS)",
             dir.display()
         );
     }
     eprintln!(
-        "skipped: no NetKAN corpus at {} (set KRAKEN_NETKAN_CORPUS)",
+        "skipped: no NetKAN corpus at {} (set NETKAN_CORPUS)",
         dir.display()
     );
     None
