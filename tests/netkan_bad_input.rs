@@ -515,3 +515,148 @@ async fn cli_inflates_a_file() {
         .unwrap()
         .contains("does not exist"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_shapes_of_bad_input() {
+    let e = Env::new().await;
+    e.fails_with(
+        "second doc not object",
+        "identifier: Ab\n---\n- x\n",
+        "document 2",
+    )
+    .await;
+    e.serve(
+        "https://files.example/two.netkan",
+        Answer::bytes(
+            "text/plain",
+            b"identifier: Ab\n---\nidentifier: Ab\n".to_vec(),
+        ),
+    );
+    e.fails_with(
+        "meta two docs",
+        "identifier: Ab\n$kref: '#/ckan/netkan/https://files.example/two.netkan'\n",
+        "one is supported",
+    )
+    .await;
+    e.github_mod("m", "Ab.zip", good_zip("Ab"));
+    let base = gh("Ab", "m");
+    e.fails_with(
+        "filter_regexp",
+        &format!(
+            "{base}install:\n  - find: Ab\n    install_to: GameData\n    filter_regexp: '['\n"
+        ),
+        "filter_regexp",
+    )
+    .await;
+    e.fails_with(
+        "find_regexp",
+        &format!("{base}install:\n  - find_regexp: '('\n    install_to: GameData\n"),
+        "find_regexp",
+    )
+    .await;
+    e.fails_with(
+        "override no version",
+        &format!("{base}x_netkan_override:\n  - override: {{}}\n"),
+        "needs a `version`",
+    )
+    .await;
+    e.fails_with(
+        "override not object",
+        &format!("{base}x_netkan_override:\n  - 3\n"),
+        "must be an object",
+    )
+    .await;
+    e.fails_with(
+        "edit shape",
+        &format!("{base}x_netkan_version_edit: [1]\n"),
+        "string or an object",
+    )
+    .await;
+    e.fails_with(
+        "license list",
+        &format!("{base}license: [MIT, Mine]\n"),
+        "license \"Mine\"",
+    )
+    .await;
+    e.github_mod("one", "A.zip", good_zip("A"));
+    e.fails_with(
+        "one-letter identifier",
+        "identifier: A\n$kref: '#/ckan/github/o/one'\n",
+        "identifier `A` is not valid",
+    )
+    .await;
+    // no description on GitHub and none in the netkan: the abstract is missing
+    e.serve(
+        "https://api.github.com/repos/o/nodesc",
+        Answer::json(&json!({"html_url": "https://github.com/o/nodesc", "license": {"spdx_id": "MIT"}, "owner": {"login": "o", "type": "User"}})),
+    );
+    e.serve(
+        "https://api.github.com/repos/o/nodesc/releases",
+        Answer::json(&json!([{"tag_name": "1.0", "author": {"login": "o", "type": "User"},
+            "assets": [{"name": "Ab.zip", "browser_download_url": "https://github.com/o/nodesc/releases/download/1.0/Ab.zip"}]}])),
+    );
+    e.serve(
+        "https://github.com/o/nodesc/releases/download/1.0/Ab.zip",
+        Answer::bytes("application/zip", good_zip("Ab")),
+    );
+    e.fails_with(
+        "no abstract",
+        &gh("Ab", "nodesc"),
+        "required property `abstract` is missing",
+    )
+    .await;
+    e.serve(
+        "https://api.github.com/repos/o/shape",
+        Answer::json(&json!({"html_url": "https://github.com/o/shape", "owner": null})),
+    );
+    e.serve(
+        "https://api.github.com/repos/o/shape/releases",
+        Answer::json(&json!({"message": "not a list"})),
+    );
+    e.fails_with("releases shape", &gh("Ab", "shape"), "unexpected answer")
+        .await;
+    e.serve(
+        "https://spacedock.info/api/mod/5",
+        Answer::json(&json!({"id": 5})),
+    );
+    e.fails_with(
+        "spacedock shape",
+        "identifier: Ab\n$kref: '#/ckan/spacedock/5'\n",
+        "unexpected answer",
+    )
+    .await;
+    e.serve(
+        "https://files.example/moved",
+        Answer::redirect(&e.ups.reach("https://files.example/nowhere.zip")),
+    );
+    e.fails_with(
+        "redirect to 404",
+        "identifier: Ab\n$kref: '#/ckan/http/https://files.example/moved'\n",
+        "answered 404",
+    )
+    .await;
+
+    // good variants: an HTML content type on a real zip, a string KSP_VERSION, an http kref
+    // whose version comes from the .version file
+    let avc = br#"{"NAME":"Ab","VERSION":"2.5","KSP_VERSION":"1.12"}"#;
+    e.serve(
+        "https://files.example/Ab-latest.zip",
+        Answer::bytes(
+            "text/html",
+            zip(&[
+                ("GameData/Ab/Ab.version", avc),
+                ("GameData/Ab/Ab.dll", b"x"),
+            ]),
+        ),
+    );
+    let o = e
+        .inflate("identifier: Ab\nname: Ab\nabstract: x\nauthor: me\nlicense: MIT\n$kref: '#/ckan/http/https://files.example/Ab-latest.zip'\n$vref: '#/ckan/ksp-avc'\n")
+        .await;
+    assert!(o.success, "{:?}", o.error_message);
+    let ckan: Value = serde_json::from_str(o.ckan.as_deref().unwrap()).unwrap();
+    assert_eq!(ckan["version"], "2.5");
+    assert_eq!(ckan["ksp_version"], "1.12");
+    assert_eq!(ckan["download_content_type"], "application/zip");
+    assert_eq!(ckan["download"], "https://files.example/Ab-latest.zip");
+    assert!(ckan.get("release_date").is_none());
+}
