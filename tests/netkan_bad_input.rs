@@ -660,3 +660,24 @@ async fn more_shapes_of_bad_input() {
     assert_eq!(ckan["download"], "https://files.example/Ab-latest.zip");
     assert!(ckan.get("release_date").is_none());
 }
+
+/// A zip whose entries claim 12 GiB in all is refused before anything is unpacked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zip_bomb_is_refused() {
+    let e = Env::new().await;
+    let mut bomb = zip(&[
+        ("GameData/Ab/a.bin", b"0"),
+        ("GameData/Ab/b.bin", b"0"),
+        ("GameData/Ab/c.bin", b"0"),
+    ]);
+    // claim ~4 GiB for each entry in the central directory
+    let mut at = 0;
+    while let Some(pos) = bomb[at..].windows(4).position(|w| w == b"PK\x01\x02") {
+        let header = at + pos;
+        bomb[header + 24..header + 28].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        at = header + 4;
+    }
+    e.github_mod("bomb", "Ab.zip", bomb);
+    e.fails_with("zip bomb", &gh("Ab", "bomb"), "zip bomb")
+        .await;
+}
