@@ -303,6 +303,16 @@ async fn a_work_request_lost_in_a_crash_is_placed_again() {
     let worker_id = w1.node_id();
     w1.stop();
     let client = orch.client();
+    // once the orchestrator counts w1 as gone, a new job has nowhere to go
+    wait_until_async("w1 is seen as gone", Duration::from_secs(30), || async {
+        let nodes = client.get("/api/v1/nodes").await.ok()?;
+        nodes
+            .as_array()?
+            .iter()
+            .any(|n| n["id"] == worker_id.as_str() && n["alive"] == json!(false))
+            .then_some(())
+    })
+    .await;
     let id = enqueue(&client, "echo", json!({"message": "lost and found"}), "").await;
     assert_eq!(job(&client, &id).await["state"], "QUEUED");
     orch.stop();
