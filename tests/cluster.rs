@@ -296,7 +296,8 @@ async fn a_work_request_lost_in_a_crash_is_placed_again() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let grace = [("KRAKEN_ORCHESTRATOR_GRACE_MS", "3000")];
+    // long enough for the restarted worker to be back before its old silence counts
+    let grace = [("KRAKEN_ORCHESTRATOR_GRACE_MS", "10000")];
     let mut orch = Agent::orchestrator(root.path(), 0, &grace);
     let mut w1 = Agent::worker(root.path(), "w1", &orch, 2, &[]);
     orch.wait_ready(1).await;
