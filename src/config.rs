@@ -253,7 +253,10 @@ impl Config {
             github_web: self.github.web.clone(),
             spacedock: self.spacedock.url.clone(),
             github_token: Some(self.github.token.clone()).filter(|t| !t.is_empty()),
-            extra: parse_rewrites(&self.netkan.rewrite),
+            extra: rewrite_pairs(&self.netkan.rewrite)
+                .filter_map(|(_, urls)| urls)
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .collect(),
         }
     }
 
@@ -267,11 +270,21 @@ impl Config {
     }
 }
 
-fn parse_rewrites(s: &str) -> Vec<(String, String)> {
-    s.split(',')
-        .filter_map(|pair| pair.trim().split_once('='))
-        .map(|(a, b)| (a.trim().to_owned(), b.trim().to_owned()))
-        .collect()
+/// The `public=reachable` pairs of `netkan.rewrite`: each non-empty entry with its two
+/// URLs, or `None` when it is not a pair of http(s) URLs.
+fn rewrite_pairs(s: &str) -> impl Iterator<Item = (&str, Option<(&str, &str)>)> {
+    s.split(',').filter(|p| !p.trim().is_empty()).map(|pair| {
+        let urls = pair
+            .split_once('=')
+            .map(|(a, b)| (a.trim(), b.trim()))
+            .filter(|(a, b)| is_http_url(a) && is_http_url(b));
+        (pair, urls)
+    })
+}
+
+/// Whether `s` is an `http://` or `https://` URL.
+pub fn is_http_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
 }
 
 /// Settings given on the command line; they win over file and environment.
@@ -411,7 +424,7 @@ impl Config {
             return invalid("orchestrator.max_attempts", "must be at least 1".into());
         }
         if !self.join.url.is_empty() {
-            if !(self.join.url.starts_with("http://") || self.join.url.starts_with("https://")) {
+            if !is_http_url(&self.join.url) {
                 return invalid(
                     "join.url",
                     format!("`{}` is not an http:// URL", self.join.url),
@@ -429,22 +442,12 @@ impl Config {
             ("github.web", &self.github.web),
             ("spacedock.url", &self.spacedock.url),
         ] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !is_http_url(url) {
                 return invalid(key, format!("`{url}` is not an http(s) URL"));
             }
         }
-        for pair in self
-            .netkan
-            .rewrite
-            .split(',')
-            .filter(|p| !p.trim().is_empty())
-        {
-            let ok = pair.split_once('=').is_some_and(|(a, b)| {
-                let url =
-                    |u: &str| u.trim().starts_with("http://") || u.trim().starts_with("https://");
-                url(a) && url(b)
-            });
-            if !ok {
+        for (pair, urls) in rewrite_pairs(&self.netkan.rewrite) {
+            if urls.is_none() {
                 return invalid(
                     "netkan.rewrite",
                     format!("`{pair}` is not a `https://public=http://reachable` pair"),

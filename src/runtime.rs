@@ -99,10 +99,7 @@ impl Runtime {
         let Ok(d) = self.docker().await else {
             return vec![];
         };
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("kraken.node={}", self.node)],
-        )]);
+        let filters = self.own_containers();
         let opts = ListContainersOptionsBuilder::new()
             .filters(&filters)
             .build();
@@ -119,15 +116,20 @@ impl Runtime {
         }
     }
 
+    /// The label filter that selects this node's job containers.
+    fn own_containers(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![format!("kraken.node={}", self.node)],
+        )])
+    }
+
     /// Removes job containers a previous run of this node left behind (after a crash).
     pub async fn remove_leftovers(&self) {
         let Ok(d) = self.docker().await else {
             return;
         };
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("kraken.node={}", self.node)],
-        )]);
+        let filters = self.own_containers();
         let opts = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -135,12 +137,7 @@ impl Runtime {
         if let Ok(list) = d.list_containers(Some(opts)).await {
             for id in list.into_iter().filter_map(|c| c.id) {
                 tracing::info!(container = %id, "removing a leftover job container");
-                let _ = d
-                    .remove_container(
-                        &id,
-                        Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-                    )
-                    .await;
+                force_remove(&d, &id).await;
             }
         }
     }
@@ -259,12 +256,7 @@ impl Runtime {
             ..Default::default()
         };
         // a container of the same name is a leftover of this very attempt: replace it
-        let _ = d
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-            )
-            .await;
+        force_remove(&d, &name).await;
         let created = d
             .create_container(
                 Some(CreateContainerOptionsBuilder::new().name(&name).build()),
@@ -273,12 +265,7 @@ impl Runtime {
             .await?;
         let id = created.id;
         let result = self.start_and_wait(&d, &id, job, log).await;
-        let _ = d
-            .remove_container(
-                &id,
-                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-            )
-            .await;
+        force_remove(&d, &id).await;
         result
     }
 
@@ -469,6 +456,12 @@ impl LineSplitter {
             .map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))
             .collect()
     }
+}
+
+/// Removes a container whether it runs or not; a container already gone is no error.
+async fn force_remove(d: &Docker, id: &str) {
+    let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+    let _ = d.remove_container(id, Some(opts)).await;
 }
 
 /// Cuts a line to [`MAX_LOG_LINE`] bytes (on a char boundary), saying how much was cut.

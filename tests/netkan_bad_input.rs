@@ -32,13 +32,10 @@ struct Env {
 impl Env {
     async fn new() -> Self {
         let up = Upstream::start().await;
-        let ups = Upstreams {
-            github_api: format!("{}/gh-api", up.base),
-            github_web: format!("{}/gh-web", up.base),
-            spacedock: format!("{}/sd", up.base),
-            github_token: Some("t0ken".into()),
-            extra: vec![("https://files.example".into(), format!("{}/files", up.base))],
-        };
+        let ups = up.upstreams(
+            Some("t0ken".into()),
+            vec![("https://files.example".into(), format!("{}/files", up.base))],
+        );
         let cache = tempfile::tempdir().unwrap();
         let fetcher = Fetcher::new(ups.clone(), cache.path(), 1 << 28).unwrap();
         Self {
@@ -273,7 +270,7 @@ async fn host_failures_are_clear_and_retryable() {
         "download failed",
     )
     .await;
-    // the GitHub token goes to the API only
+    // API requests went to the configured API base
     let hits = e.up.hits.lock().unwrap().clone();
     assert!(hits.iter().any(|h| h.contains("/gh-api/repos/o/err")));
 }

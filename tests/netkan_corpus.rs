@@ -555,13 +555,7 @@ async fn corpus_inflates_field_by_field() {
             (h, format!("{}/ext/{name}", up.base))
         })
         .collect();
-    let ups = Upstreams {
-        github_api: format!("{}/gh-api", up.base),
-        github_web: format!("{}/gh-web", up.base),
-        spacedock: format!("{}/sd", up.base),
-        github_token: None,
-        extra,
-    };
+    let ups = up.upstreams(None, extra);
     let cache = tempfile::tempdir().unwrap();
     let fetcher = Fetcher::new(ups.clone(), cache.path(), 1 << 30).unwrap();
     let mut failures = Vec::new();

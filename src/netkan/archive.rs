@@ -2,7 +2,7 @@
 //! zip bombs), which files the install stanzas select, the KSP-AVC `.version` file, the
 //! localizations in `.cfg` files, and the installed size.
 
-use super::NetkanError;
+use super::{string_list, NetkanError};
 use regex::Regex;
 use serde_json::Value;
 use std::io::Read;
@@ -113,19 +113,8 @@ const ALWAYS_FILTERED: &[&str] = &[
     ".gitattributes",
 ];
 
-fn strs(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_owned))
-            .collect(),
-        _ => vec![],
-    }
-}
-
 fn regexes(v: Option<&Value>, key: &str) -> Result<Vec<Regex>, NetkanError> {
-    strs(v)
+    string_list(v)
         .iter()
         .map(|r| Regex::new(r).map_err(|e| NetkanError::BadNetkan(format!("`{key}` `{r}`: {e}"))))
         .collect()
@@ -207,9 +196,9 @@ fn stanza_files(archive: &Archive, stanza: &Value) -> Result<Vec<usize>, NetkanE
     let Some(root) = root else {
         return Ok(vec![]);
     };
-    let filters = strs(stanza.get("filter"));
+    let filters = string_list(stanza.get("filter"));
     let filter_res = regexes(stanza.get("filter_regexp"), "filter_regexp")?;
-    let only = strs(stanza.get("include_only"));
+    let only = string_list(stanza.get("include_only"));
     let only_res = regexes(stanza.get("include_only_regexp"), "include_only_regexp")?;
     let prefix = format!("{root}/");
     Ok(archive

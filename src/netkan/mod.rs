@@ -38,6 +38,19 @@ pub enum NetkanError {
     Validation(String),
 }
 
+/// A property written as one string or as a list of strings (non-strings in the list are
+/// ignored); absent or any other shape is empty.
+pub(crate) fn string_list(v: Option<&serde_json::Value>) -> Vec<String> {
+    match v {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
+        _ => vec![],
+    }
+}
+
 impl NetkanError {
     /// Whether trying again later may help (a host or network problem).
     pub fn retryable(&self) -> bool {

@@ -68,6 +68,11 @@ pub struct GhRelease {
     pub assets: Vec<GhAsset>,
 }
 
+/// The error for an answer that does not have the API's shape.
+fn unexpected(url: &str) -> impl Fn(serde_json::Error) -> NetkanError + '_ {
+    move |e| NetkanError::Upstream(format!("unexpected answer from {url}: {e}"))
+}
+
 /// At most this many release pages are read before giving up on finding a usable one.
 const MAX_RELEASE_PAGES: usize = 10;
 
@@ -76,8 +81,7 @@ pub async fn github_repo(f: &Fetcher, full_name: &str) -> Result<GhRepo, NetkanE
     let value = f.json(&url).await?.ok_or_else(|| {
         NetkanError::Upstream(format!("GitHub repository {full_name} does not exist"))
     })?;
-    serde_json::from_value(value)
-        .map_err(|e| NetkanError::Upstream(format!("unexpected answer from {url}: {e}")))
+    serde_json::from_value(value).map_err(unexpected(&url))
 }
 
 /// Releases newest first, drafts left out, pre-releases only when asked for; pages are
@@ -95,8 +99,7 @@ pub async fn github_releases(
                 "GitHub repository {full_name} does not exist"
             )));
         };
-        let page: Vec<GhRelease> = serde_json::from_str(&text)
-            .map_err(|e| NetkanError::Upstream(format!("unexpected answer from {url}: {e}")))?;
+        let page: Vec<GhRelease> = serde_json::from_str(&text).map_err(unexpected(&url))?;
         for rel in page {
             if rel.draft || (rel.prerelease && !prereleases) || rel.tag_name.is_none() {
                 continue;
@@ -136,8 +139,7 @@ pub async fn github_org_members(f: &Fetcher, org: &str) -> Result<Vec<String>, N
     let Some(value) = f.json(&url).await? else {
         return Ok(vec![]);
     };
-    let users: Vec<GhUser> = serde_json::from_value(value)
-        .map_err(|e| NetkanError::Upstream(format!("unexpected answer from {url}: {e}")))?;
+    let users: Vec<GhUser> = serde_json::from_value(value).map_err(unexpected(&url))?;
     Ok(users.into_iter().map(|u| u.login).collect())
 }
 
@@ -205,8 +207,7 @@ pub async fn spacedock_mod(f: &Fetcher, id: &str) -> Result<SdMod, NetkanError> 
             return Err(NetkanError::Upstream(format!("SpaceDock mod {id}: {err}")));
         }
     }
-    serde_json::from_value(value)
-        .map_err(|e| NetkanError::Upstream(format!("unexpected answer from {url}: {e}")))
+    serde_json::from_value(value).map_err(unexpected(&url))
 }
 
 /// Escapes a path segment the way .NET's `Uri` does for the characters mod names hold.

@@ -62,7 +62,8 @@ struct Ctx {
     warnings: Vec<String>,
     staged: bool,
     staging_reason: Option<String>,
-    /// Whether the result came from the error path, so the cache entry is dropped.
+    /// The downloads this inflation fetched; dropped from the cache when one turns out not
+    /// to be a readable archive.
     downloaded: Vec<String>,
 }
 
@@ -89,7 +90,7 @@ pub async fn inflate(text: &str, opts: &Options, f: &Fetcher) -> Outcome {
                 .get("identifier")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            let version = module.get("version").and_then(Value::as_str).unwrap_or("");
+            let version = version_text(&module);
             Outcome {
                 success: true,
                 staged: ctx.staged,
@@ -105,8 +106,8 @@ pub async fn inflate(text: &str, opts: &Options, f: &Fetcher) -> Outcome {
         }
         Err(error) => {
             // a download that led nowhere is not kept for the next try
-            for url in &ctx.downloaded {
-                if matches!(error, NetkanError::Archive(_)) {
+            if matches!(error, NetkanError::Archive(_)) {
+                for url in &ctx.downloaded {
                     f.forget(url);
                 }
             }
@@ -305,12 +306,12 @@ async fn inflate_docs(
     // documents giving the same version become one module with several downloads
     let best = results
         .iter()
-        .map(|m| Version::new(m.get("version").and_then(Value::as_str).unwrap_or("")))
+        .map(|m| Version::new(version_text(m)))
         .max()
         .ok_or_else(|| NetkanError::BadNetkan("nothing to inflate".into()))?;
-    let (same, other): (Vec<Json>, Vec<Json>) = results.into_iter().partition(|m| {
-        Version::new(m.get("version").and_then(Value::as_str).unwrap_or("")) == best
-    });
+    let (same, other): (Vec<Json>, Vec<Json>) = results
+        .into_iter()
+        .partition(|m| Version::new(version_text(m)) == best);
     for m in other {
         ctx.warnings.push(format!(
             "another host offers version {} (not the newest); it is left out",
@@ -323,6 +324,11 @@ async fn inflate_docs(
     let module = ckan::canonical(&module);
     ckan::validate(&module)?;
     Ok(module)
+}
+
+/// A module's version text, empty when it has none.
+fn version_text(m: &Json) -> &str {
+    m.get("version").and_then(Value::as_str).unwrap_or("")
 }
 
 /// Merges modules of one version: later documents' values win, objects merge, lists are
@@ -805,7 +811,7 @@ async fn spacedock(json: &mut Json, id: &str, f: &Fetcher) -> Result<(), NetkanE
 }
 
 async fn http(json: &mut Json, url: &str, f: &Fetcher) -> Result<(), NetkanError> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
+    if !crate::config::is_http_url(url) {
         return Err(NetkanError::BadNetkan(format!(
             "kref `#/ckan/http/{url}` needs an http(s) URL"
         )));
@@ -868,10 +874,7 @@ fn avc(
             safe_add(json, "version", v);
         }
     }
-    if let Some(url) = avc
-        .url
-        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
-    {
+    if let Some(url) = avc.url.filter(|u| crate::config::is_http_url(u)) {
         safe_add(resources(json), "remote-avc", url);
     }
     Ok(())
@@ -1060,12 +1063,8 @@ impl Overrides {
         for (i, o) in list.iter().enumerate() {
             let bad = |m: &str| NetkanError::BadNetkan(format!("x_netkan_override {}: {m}", i + 1));
             let o = o.as_object().ok_or_else(|| bad("must be an object"))?;
-            let constraints: Vec<String> = match o.get("version") {
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect(),
+            let constraints = match o.get("version") {
+                v @ Some(Value::String(_) | Value::Array(_)) => super::string_list(v),
                 _ => return Err(bad("needs a `version` (a string or a list)")),
             };
             let versions = constraints
@@ -1082,14 +1081,7 @@ impl Overrides {
                     }
                 })
                 .collect::<Result<_, _>>()?;
-            let delete = match o.get("delete") {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect(),
-                Some(Value::String(s)) => vec![s.clone()],
-                _ => vec![],
-            };
+            let delete = super::string_list(o.get("delete"));
             out.push(Override {
                 versions,
                 before: o.get("before").and_then(Value::as_str).map(str::to_owned),

@@ -168,28 +168,25 @@ impl Agent {
         self.dir.join("data")
     }
 
-    pub fn join_token(&self) -> String {
-        wait_until("the join token exists", Duration::from_secs(10), || {
-            std::fs::read_to_string(self.data_dir().join("cluster-token")).ok()
+    /// A file the agent writes into its data dir at start, waited for and trimmed.
+    fn data_file(&self, name: &str) -> String {
+        wait_until(&format!("{name} exists"), Duration::from_secs(10), || {
+            std::fs::read_to_string(self.data_dir().join(name)).ok()
         })
         .trim()
         .to_owned()
+    }
+
+    pub fn join_token(&self) -> String {
+        self.data_file("cluster-token")
     }
 
     pub fn operator_token(&self) -> String {
-        wait_until("the operator token exists", Duration::from_secs(10), || {
-            std::fs::read_to_string(self.data_dir().join("operator-token")).ok()
-        })
-        .trim()
-        .to_owned()
+        self.data_file("operator-token")
     }
 
     pub fn node_id(&self) -> String {
-        wait_until("the node id exists", Duration::from_secs(10), || {
-            std::fs::read_to_string(self.data_dir().join("node-id")).ok()
-        })
-        .trim()
-        .to_owned()
+        self.data_file("node-id")
     }
 
     pub fn client(&self) -> Client {

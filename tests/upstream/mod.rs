@@ -84,6 +84,22 @@ impl Upstream {
         me
     }
 
+    /// The inflator's upstream settings with GitHub (API and web) and SpaceDock on this
+    /// server, plus `extra` public → reachable prefixes.
+    pub fn upstreams(
+        &self,
+        github_token: Option<String>,
+        extra: Vec<(String, String)>,
+    ) -> kraken::netkan::Upstreams {
+        kraken::netkan::Upstreams {
+            github_api: format!("{}/gh-api", self.base),
+            github_web: format!("{}/gh-web", self.base),
+            spacedock: format!("{}/sd", self.base),
+            github_token,
+            extra,
+        }
+    }
+
     /// Answers `path` (a path with optional query, below the server's root).
     pub fn route(&self, path: &str, answer: Answer) {
         self.routes.lock().unwrap().insert(path.to_owned(), answer);
