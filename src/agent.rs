@@ -296,6 +296,7 @@ fn worker_settings(config: &Config, node_id: &str) -> WorkerSettings {
         heartbeat: Duration::from_millis(config.worker.heartbeat_ms),
         prefetch: config.broker.prefetch,
         data_dir: config.node.data_dir.clone(),
+        config: Arc::new(config.clone()),
     }
 }
 

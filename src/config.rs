@@ -232,6 +232,13 @@ pub struct NetkanConfig {
     /// More `public=reachable` URL prefix pairs, comma-separated (hosts of `#/ckan/http` mods
     /// behind a mirror).
     pub rewrite: String,
+    /// A checkout of a NetKAN repository (`NetKAN/<id>.netkan`, or `<id>.netkan` at its
+    /// root; `<id>.frozen` marks a frozen mod): where `enqueueInflate` reads mods from.
+    pub repo_dir: String,
+    /// Mods inflated by one `inflate` job.
+    pub inflate_batch: u32,
+    /// The game the mods are for.
+    pub game_id: String,
 }
 
 impl Default for NetkanConfig {
@@ -241,6 +248,9 @@ impl Default for NetkanConfig {
             cache_dir: String::new(),
             cache_max_mb: 2048,
             rewrite: String::new(),
+            repo_dir: String::new(),
+            inflate_batch: 8,
+            game_id: "KSP".into(),
         }
     }
 }
@@ -454,6 +464,19 @@ impl Config {
                 );
             }
         }
+        let batch = self.netkan.inflate_batch as usize;
+        if !(1..=crate::jobs::inflate::MAX_MODS).contains(&batch) {
+            return invalid(
+                "netkan.inflate_batch",
+                format!(
+                    "must be between 1 and {}, got {batch}",
+                    crate::jobs::inflate::MAX_MODS
+                ),
+            );
+        }
+        if self.netkan.game_id.trim().is_empty() {
+            return invalid("netkan.game_id", "must not be empty".into());
+        }
         Ok(())
     }
 
@@ -480,6 +503,9 @@ const SECTIONS: [&str; 9] = [
     "netkan",
 ];
 
+/// Variables of the CLI that look like settings but are not (where the CLI finds the API).
+const CLI_VARS: [&str; 1] = ["KRAKEN_API_URL"];
+
 /// Folds `KRAKEN_<SECTION>_<KEY>=value` into the TOML table. Variables of other prefixes
 /// (say `KRAKEN_JOB_SPEC`, used inside job containers) are not settings and are skipped.
 fn apply_env(
@@ -491,6 +517,9 @@ fn apply_env(
         let Some(rest) = var.strip_prefix("KRAKEN_") else {
             continue;
         };
+        if CLI_VARS.contains(&var.as_str()) {
+            continue;
+        }
         let rest = rest.to_ascii_lowercase();
         let Some((section, key)) = SECTIONS.iter().find_map(|s| {
             rest.strip_prefix(s)
@@ -562,7 +591,11 @@ mod tests {
         assert_eq!(c.worker.slots, 7);
         let c = load(
             "[api]\nport = 9000\n",
-            &[("KRAKEN_API_PORT", "9100"), ("KRAKEN_JOB_SPEC", "{}")],
+            &[
+                ("KRAKEN_API_PORT", "9100"),
+                ("KRAKEN_JOB_SPEC", "{}"),
+                ("KRAKEN_API_URL", "http://10.0.0.2:8080"),
+            ],
         )
         .unwrap();
         assert_eq!(c.api.port, 9100);

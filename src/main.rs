@@ -96,9 +96,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum NetkanCommand {
-    /// Inflate one .netkan into a .ckan, here, and print the outcome.
+    /// Inflate .netkan files into .ckan files, here, one after the other, and print each
+    /// outcome (exit status 1 when any failed).
     Inflate {
-        file: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// The highest version already indexed (for the out-of-order check).
         #[arg(long)]
         highest_version: Option<String>,
@@ -110,6 +112,16 @@ enum NetkanCommand {
         /// Config file with the upstream URLs (default: ./kraken.toml when present).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Inflate mods of the orchestrator's NetKAN repository on the cluster; prints the jobs.
+    Enqueue {
+        #[arg(required = true)]
+        identifiers: Vec<String>,
+        /// Ahead of jobs with a lower priority.
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 
@@ -222,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Netkan {
             command:
                 NetkanCommand::Inflate {
-                    file,
+                    files,
                     highest_version,
                     game_id,
                     out,
@@ -232,20 +244,44 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let config = Config::load(config.as_deref(), std::env::vars(), &Overrides::default())
                 .context("invalid configuration")?;
             init_tracing(&config.node.log);
-            let opts = kraken::netkan::Options {
-                highest_version,
-                game_id: Some(game_id),
-                prereleases: config.netkan.prereleases,
-                file_name: None,
-            };
-            let outcome = kraken::netkan::inflate_file(&config, &file, opts, &out).await?;
-            let mut shown = serde_json::to_value(&outcome)?;
-            if let Some(o) = shown.as_object_mut() {
-                o.remove("Ckan");
+            let fetcher = kraken::netkan::Fetcher::from_config(&config)?;
+            let mut failed = false;
+            for file in files {
+                let opts = kraken::netkan::Options {
+                    highest_version: highest_version.clone(),
+                    game_id: Some(game_id.clone()),
+                    prereleases: config.netkan.prereleases,
+                    file_name: None,
+                };
+                let outcome = kraken::netkan::inflate_file(&fetcher, &file, opts, &out).await?;
+                let mut shown = serde_json::to_value(&outcome)?;
+                if let Some(o) = shown.as_object_mut() {
+                    o.remove("Ckan");
+                }
+                print(&shown);
+                failed |= !outcome.success;
             }
-            print(&shown);
-            if !outcome.success {
+            if failed {
                 return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Command::Netkan {
+            command:
+                NetkanCommand::Enqueue {
+                    identifiers,
+                    priority,
+                    api,
+                },
+        } => {
+            let data = api
+                .client()
+                .graphql(
+                    "mutation($ids: [String!]!, $p: Int!) { enqueueInflate(identifiers: $ids, priority: $p) { id } }",
+                    json!({ "ids": identifiers, "p": priority }),
+                )
+                .await?;
+            for job in data["enqueueInflate"].as_array().into_iter().flatten() {
+                println!("{}", job["id"].as_str().unwrap_or_default());
             }
         }
         Command::Token { data_dir, operator } => {

@@ -11,6 +11,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::identity;
 use crate::jobs::{self, JobError};
+use crate::netkan::repo::NetkanRepo;
 use crate::store::{
     Attempt, Isolation, JobRecord, JobState, Limits, LogLine, NodeRecord, Store, StoreError,
 };
@@ -154,6 +155,10 @@ const NONCE_TTL: Duration = Duration::from_secs(60);
 const DISPATCH_BATCH: usize = 128;
 /// Job events applied under one store flush before they are acknowledged.
 const EVENT_BATCH: usize = 256;
+/// Most mods one `enqueueInflate` may name.
+const MAX_INFLATE: usize = 100_000;
+/// Time allowed per mod of an `inflate` job, seconds.
+const INFLATE_SECS_PER_MOD: u64 = 120;
 
 impl Orchestrator {
     pub fn new(
@@ -349,6 +354,51 @@ impl Orchestrator {
         self.notify(&job);
         self.wake.notify_one();
         Ok(job)
+    }
+
+    /// Queues `inflate` jobs for mods of the configured NetKAN repository, in batches of
+    /// `netkan.inflate_batch`; every mod must exist and not be frozen, or nothing is queued.
+    pub async fn enqueue_inflate(
+        &self,
+        identifiers: &[String],
+        priority: i32,
+    ) -> Result<Vec<JobRecord>, OrchestratorError> {
+        let n = &self.config.netkan;
+        if n.repo_dir.is_empty() {
+            return Err(OrchestratorError::Invalid(
+                "no NetKAN repository is configured (netkan.repo_dir)".into(),
+            ));
+        }
+        if identifiers.is_empty() || identifiers.len() > MAX_INFLATE {
+            return Err(OrchestratorError::Invalid(format!(
+                "give 1 to {MAX_INFLATE} identifiers, got {}",
+                identifiers.len()
+            )));
+        }
+        let repo = NetkanRepo::open(std::path::Path::new(&n.repo_dir))
+            .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
+        let mods = repo
+            .read(identifiers)
+            .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
+        let batch = n.inflate_batch as usize;
+        // a mod may take a while to download; the batch's limit grows with its size
+        let timeout = self
+            .config
+            .worker
+            .job_timeout_secs
+            .max(INFLATE_SECS_PER_MOD * batch as u64);
+        let mut jobs = Vec::new();
+        for spec in crate::jobs::inflate::specs(&mods, batch, &n.game_id) {
+            let req = JobRequest {
+                kind: "inflate".into(),
+                spec: Some(spec),
+                priority,
+                timeout_secs: Some(timeout),
+                ..Default::default()
+            };
+            jobs.push(self.enqueue(req).await?);
+        }
+        Ok(jobs)
     }
 
     /// Cancels a job that has not finished.

@@ -6,11 +6,13 @@
 //! read-only root, no network unless the kind needs one, and never the docker socket.
 
 use crate::broker::messages::{JobAssignment, JobOutcome};
+use crate::jobs::ContainerSetup;
 use crate::store::LogLine;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -36,6 +38,27 @@ pub enum RuntimeError {
     Build(String),
     #[error("reading this agent's executable: {0}")]
     Exe(std::io::Error),
+    #[error("preparing {0} for job containers: {1}")]
+    Bind(std::path::PathBuf, std::io::Error),
+}
+
+/// The unprivileged user and group job containers run as.
+pub const JOB_UID: u32 = 65534;
+
+/// Creates `dir` and lets the job containers' user write to it. As root the directory is
+/// given to that user; otherwise it is opened to everyone, which only matters where its
+/// parent (the agent's data dir) is itself reachable by other users.
+fn writable_by_jobs(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::create_dir_all(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.uid() == JOB_UID {
+        return Ok(());
+    }
+    match std::os::unix::fs::chown(dir, Some(JOB_UID), Some(JOB_UID)) {
+        Ok(()) => Ok(()),
+        Err(_) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)),
+    }
 }
 
 /// The Docker side of one worker.
@@ -150,22 +173,25 @@ impl Runtime {
         }
         let d = self.docker().await?;
         let exe = std::env::current_exe().map_err(RuntimeError::Exe)?;
-        let (hash, context) = tokio::task::spawn_blocking(move || build_context(&exe))
-            .await
-            .map_err(|e| RuntimeError::Build(e.to_string()))?
-            .map_err(RuntimeError::Exe)?;
+        // hashed as a stream: the usual case (the image is current) never holds the
+        // executable in memory
+        let exe2 = exe.clone();
+        let hash = blocking(move || context_hash(&exe2)).await?;
         let tag = format!("kraken-job:{}", crate::VERSION);
+        let mut superseded = None;
         if let Ok(image) = d.inspect_image(&tag).await {
             let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
-            if labels.get("kraken.exe-sha256") == Some(&hash) {
+            if labels.get("kraken.context-sha256") == Some(&hash) {
                 if let Some(id) = image.id {
                     *cached = Some(id.clone());
                     return Ok(id);
                 }
             }
+            superseded = image.id;
         }
         tracing::info!(%tag, base = %self.base_image, "building the job image");
-        let labels = HashMap::from([("kraken.exe-sha256".to_string(), hash.clone())]);
+        let context = blocking(move || build_context(&exe)).await?;
+        let labels = HashMap::from([("kraken.context-sha256".to_string(), hash.clone())]);
         let args = HashMap::from([("BASE_IMAGE".to_string(), self.base_image.clone())]);
         let opts = BuildImageOptionsBuilder::new()
             .t(&tag)
@@ -187,6 +213,14 @@ impl Runtime {
             .id
             .ok_or_else(|| RuntimeError::Build("built image has no id".into()))?;
         tracing::info!(%tag, %id, "job image ready");
+        // the image this tag named before is of an older executable: drop it, unless a
+        // container still uses it (then docker refuses and it stays)
+        if let Some(old) = superseded.filter(|old| *old != id) {
+            let opts = RemoveImageOptionsBuilder::new().build();
+            if d.remove_image(&old, Some(opts), None).await.is_ok() {
+                tracing::info!(image = %old, "removed the superseded job image");
+            }
+        }
         *cached = Some(id.clone());
         Ok(id)
     }
@@ -196,10 +230,10 @@ impl Runtime {
     pub async fn run_job(
         &self,
         job: &JobAssignment,
-        needs_network: bool,
+        setup: &ContainerSetup,
         log: &(dyn Fn(LogLine) + Send + Sync),
     ) -> JobOutcome {
-        match self.try_run_job(job, needs_network, log).await {
+        match self.try_run_job(job, setup, log).await {
             Ok(outcome) => outcome,
             Err(error) => {
                 self.forget_client().await;
@@ -217,21 +251,28 @@ impl Runtime {
     async fn try_run_job(
         &self,
         job: &JobAssignment,
-        needs_network: bool,
+        setup: &ContainerSetup,
         log: &(dyn Fn(LogLine) + Send + Sync),
     ) -> Result<JobOutcome, RuntimeError> {
         let image = self.ensure_job_image().await?;
         let d = self.docker().await?;
         let name = format!("kraken-{}-{}-{}", self.node, job.job.simple(), job.attempt);
         let memory = (job.limits.memory_mb as i64) << 20;
+        let mut binds = Vec::with_capacity(setup.binds.len());
+        for (host, inside) in &setup.binds {
+            writable_by_jobs(host).map_err(|e| RuntimeError::Bind(host.clone(), e))?;
+            binds.push(format!("{}:{inside}:rw", host.display()));
+        }
+        let mut env = vec![
+            format!("KRAKEN_JOB_KIND={}", job.kind),
+            format!("KRAKEN_JOB_SPEC={}", job.spec),
+        ];
+        env.extend(setup.env.iter().cloned());
         let body = ContainerCreateBody {
             image: Some(image),
             cmd: Some(vec!["job".into(), "run".into()]),
-            env: Some(vec![
-                format!("KRAKEN_JOB_KIND={}", job.kind),
-                format!("KRAKEN_JOB_SPEC={}", job.spec),
-            ]),
-            user: Some("65534:65534".into()),
+            env: Some(env),
+            user: Some(format!("{JOB_UID}:{JOB_UID}")),
             labels: Some(HashMap::from([
                 ("kraken.job".to_string(), job.job.to_string()),
                 ("kraken.attempt".to_string(), job.attempt.to_string()),
@@ -250,19 +291,29 @@ impl Runtime {
                     "/tmp".to_string(),
                     "size=64m".to_string(),
                 )])),
-                network_mode: Some(if needs_network { "bridge" } else { "none" }.into()),
+                network_mode: Some(if setup.network { "bridge" } else { "none" }.into()),
+                binds: Some(binds),
                 ..Default::default()
             }),
             ..Default::default()
         };
         // a container of the same name is a leftover of this very attempt: replace it
         force_remove(&d, &name).await;
-        let created = d
+        let created = match d
             .create_container(
                 Some(CreateContainerOptionsBuilder::new().name(&name).build()),
                 body,
             )
-            .await?;
+            .await
+        {
+            Ok(created) => created,
+            Err(e) => {
+                // the image may have been removed under us (another agent's rebuild): look
+                // it up again next time
+                *self.job_image.lock().await = None;
+                return Err(e.into());
+            }
+        };
         let id = created.id;
         let result = self.start_and_wait(&d, &id, job, log).await;
         force_remove(&d, &id).await;
@@ -403,11 +454,48 @@ pub struct ContainerResult {
     pub retryable: bool,
 }
 
-/// The tar build context (Dockerfile + this executable) and the executable's hash.
-fn build_context(exe: &std::path::Path) -> std::io::Result<(String, Vec<u8>)> {
+/// Where hosts keep their bundle of trusted CA certificates, in order of preference.
+const CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// Reads files off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::Build(e.to_string()))?
+        .map_err(RuntimeError::Exe)
+}
+
+/// The host's CA bundle (empty when it has none).
+fn ca_bundle() -> Vec<u8> {
+    CA_BUNDLES
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .unwrap_or_default()
+}
+
+/// The hash of what goes into the job image: this executable and the host's CA bundle.
+fn context_hash(exe: &std::path::Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(exe)?, &mut hasher)?;
+    hasher.update(ca_bundle());
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The tar build context: the Dockerfile, this executable, and the host's CA bundle so jobs
+/// can speak HTTPS on a base image without one.
+fn build_context(exe: &std::path::Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     std::fs::File::open(exe)?.read_to_end(&mut bytes)?;
-    let hash = hex::encode(Sha256::digest(&bytes));
+    let certs = ca_bundle();
+    if certs.is_empty() {
+        tracing::warn!("no CA bundle on this host: jobs will not trust HTTPS servers");
+    }
     let mut tar = tar::Builder::new(Vec::new());
     let mut add = |name: &str, data: &[u8], mode: u32| {
         let mut header = tar::Header::new_gnu();
@@ -418,7 +506,8 @@ fn build_context(exe: &std::path::Path) -> std::io::Result<(String, Vec<u8>)> {
     };
     add("Dockerfile", JOB_DOCKERFILE.as_bytes(), 0o644)?;
     add("kraken", &bytes, 0o755)?;
-    Ok((hash, tar.into_inner()?))
+    add("ca-certificates.crt", &certs, 0o644)?;
+    tar.into_inner()
 }
 
 /// Splits a byte stream into lines per stream, clipping oversized lines.

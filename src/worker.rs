@@ -35,6 +35,8 @@ pub struct WorkerSettings {
     pub heartbeat: Duration,
     pub prefetch: u16,
     pub data_dir: PathBuf,
+    /// The node's configuration, from which each kind takes its container's setup.
+    pub config: Arc<crate::config::Config>,
 }
 
 enum Outgoing {
@@ -254,7 +256,8 @@ impl Worker {
                 let log = move |line: LogLine| {
                     let _ = log_tx.send(line);
                 };
-                self.runtime.run_job(job, kind.needs_network(), &log).await
+                let setup = kind.container_setup(&self.settings.config);
+                self.runtime.run_job(job, &setup, &log).await
             }
         }
     }

@@ -3,6 +3,7 @@
 //! on one machine, so ratios between them are meaningful.
 
 mod common;
+mod upstream;
 
 use common::*;
 use serde_json::json;
@@ -163,10 +164,142 @@ async fn benchmark() {
     let _ = writeln!(out, "| idle resident memory, orchestrator agent (RabbitMQ is a separate process) | {orch_rss:.1} MiB | ≤ 60 MiB |");
     let _ = writeln!(out, "\nThe fast path crosses the real broker twice per job (work request out, events back), with publisher confirms awaited per batch and one store flush per batch of events before they are acked; enqueueing flushes the store before it answers (concurrent callers share one flush). The container path is dominated by dockerd's create, start, wait and remove of each container.");
     drop(w1);
+    drop(w2);
+    drop(orch);
+    inflate_benchmark(&mut out).await;
     let path = std::env::var("KRAKEN_BENCH_OUT")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md").into());
     std::fs::write(&path, &out).unwrap();
     println!("{out}");
+}
+
+/// Mods per minute: 1,000 generated netkans against the test server, through a cluster of
+/// two workers (cold cache, then warm) and through the CLI pinned to one core.
+async fn inflate_benchmark(out: &mut String) {
+    const MODS: usize = 1000;
+    const BATCH: &str = "8";
+    const SLOTS: u32 = 2;
+    let up = upstream::Upstream::start_on(&upstream::docker_bridge_ip()).await;
+    let root = tempfile::tempdir().unwrap();
+    let netkans = root.path().join("NetKAN-repo/NetKAN");
+    std::fs::create_dir_all(&netkans).unwrap();
+    let mut ids = Vec::new();
+    let mut files = Vec::new();
+    for n in 0..MODS {
+        let (id, text) = up.generated_mod(n);
+        let file = netkans.join(format!("{id}.netkan"));
+        std::fs::write(&file, text).unwrap();
+        ids.push(id);
+        files.push(file);
+    }
+    let api = format!("{}/gh-api", up.base);
+    let web = format!("{}/gh-web", up.base);
+    let upstream_env = [
+        ("KRAKEN_GITHUB_API", api.as_str()),
+        ("KRAKEN_GITHUB_WEB", web.as_str()),
+    ];
+
+    // the CLI, one process, pinned to one core
+    let cli_cache = root.path().join("cli-cache");
+    let cli = |label: &str| {
+        let started = Instant::now();
+        let status = std::process::Command::new("taskset")
+            .args(["-c", "0", env!("CARGO_BIN_EXE_kraken"), "netkan", "inflate"])
+            .args(&files)
+            .arg("--out")
+            .arg(root.path().join(format!("cli-out-{label}")))
+            .envs(upstream_env)
+            .env("KRAKEN_NETKAN_CACHE_DIR", &cli_cache)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "the CLI inflated every mod");
+        started.elapsed().as_secs_f64()
+    };
+    let cli_cold = cli("cold");
+    let cli_warm = cli("warm");
+
+    // the cluster: an orchestrator without slots and two workers
+    let repo_dir = root.path().join("NetKAN-repo").display().to_string();
+    let orch = Agent::orchestrator(
+        root.path(),
+        0,
+        &[
+            ("KRAKEN_NETKAN_REPO_DIR", repo_dir.as_str()),
+            ("KRAKEN_NETKAN_INFLATE_BATCH", BATCH),
+        ],
+    );
+    let w1 = Agent::worker(root.path(), "w1", &orch, SLOTS, &upstream_env);
+    let w2 = Agent::worker(root.path(), "w2", &orch, SLOTS, &upstream_env);
+    orch.wait_ready(3).await;
+    let client = orch.client();
+    let mut finished = 0;
+    let mut round = || {
+        let client = &client;
+        let ids = &ids;
+        let url = orch.url();
+        finished += 1;
+        let after = finished;
+        async move {
+            let started = Instant::now();
+            let data = client
+                .graphql(
+                    "mutation($ids: [String!]!) { enqueueInflate(identifiers: $ids) { id } }",
+                    json!({ "ids": ids }),
+                )
+                .await
+                .unwrap();
+            let jobs: Vec<String> = data["enqueueInflate"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_owned())
+                .collect();
+            let expected = jobs.len() * after;
+            wait_until_async("the inflate jobs finish", Duration::from_secs(1200), || {
+                let url = url.clone();
+                async move { (count_succeeded(&url).await >= expected).then_some(()) }
+            })
+            .await;
+            let elapsed = started.elapsed().as_secs_f64();
+            let done = wait_final(client, &jobs, Duration::from_secs(60)).await;
+            let ok: u64 = done
+                .iter()
+                .map(|j| j["result"]["succeeded"].as_u64().unwrap_or(0))
+                .sum();
+            assert_eq!(ok as usize, ids.len(), "every mod inflated");
+            (elapsed, jobs.len())
+        }
+    };
+    let (cluster_cold, jobs) = round().await;
+    let (cluster_warm, _) = round().await;
+    drop((w1, w2, orch));
+
+    let per_min = |secs: f64| MODS as f64 / secs * 60.0;
+    let _ = writeln!(
+        out,
+        "\n## NetKAN inflate\n\n{MODS} generated netkans (GitHub kref, one release, a 33 KiB zip each) against the test server on the docker bridge.\n"
+    );
+    let _ = writeln!(out, "| run | mods/min | wall time |\n| --- | --- | --- |");
+    for (label, secs) in [
+        (
+            format!("cluster, 2 workers × {SLOTS} slots, {jobs} jobs of {BATCH} mods, cold cache"),
+            cluster_cold,
+        ),
+        ("cluster, same, warm cache".to_string(), cluster_warm),
+        (
+            "CLI, one process pinned to one core, cold cache".to_string(),
+            cli_cold,
+        ),
+        ("CLI, same, warm cache".to_string(), cli_warm),
+    ] {
+        let _ = writeln!(out, "| {label} | {:.0} | {secs:.1} s |", per_min(secs));
+    }
+    let _ = writeln!(
+        out,
+        "\nBoth workers run on this one machine, so the cluster's figure is what the job containers, the broker and the store cost against a single process; on real devices each worker adds its own cores and network."
+    );
 }
 
 fn chrono_like_now() -> String {

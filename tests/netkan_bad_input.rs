@@ -678,3 +678,89 @@ async fn a_zip_bomb_is_refused() {
     e.fails_with("zip bomb", &gh("Ab", "bomb"), "zip bomb")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_version_file_is_preferred_only_for_the_same_version() {
+    let e = Env::new().await;
+    let avc_zip = |repo: &str| {
+        let local = format!(
+            r#"{{"NAME": "Ab", "VERSION": "1.0", "KSP_VERSION": "1.8.1",
+                "URL": "https://github.com/o/{repo}/blob/main/Ab.version"}}"#
+        );
+        zip(&[
+            ("GameData/Ab/Ab.dll", b"dll"),
+            ("GameData/Ab/Ab.version", local.as_bytes()),
+        ])
+    };
+    let netkan = |repo: &str| format!("{}$vref: '#/ckan/ksp-avc'\n", gh("Ab", repo));
+    let ckan = |o: &kraken::netkan::Outcome| -> Value {
+        assert!(o.success, "{:?}", o.error_message);
+        serde_json::from_str(o.ckan.as_deref().unwrap()).unwrap()
+    };
+
+    // same version: the remote file's game versions win; the page URL is read as raw
+    e.github_mod("same", "Ab.zip", avc_zip("same"));
+    e.serve(
+        "https://raw.githubusercontent.com/o/same/main/Ab.version",
+        Answer::json(&json!({"VERSION": {"MAJOR": 1, "MINOR": 0},
+            "KSP_VERSION_MIN": "1.8.0", "KSP_VERSION_MAX": "1.12.5"})),
+    );
+    let c = ckan(&e.inflate(&netkan("same")).await);
+    assert_eq!(c["ksp_version_min"], "1.8.0");
+    assert_eq!(c["ksp_version_max"], "1.12.5");
+    assert!(c.get("ksp_version").is_none());
+    assert_eq!(
+        c["resources"]["remote-avc"],
+        "https://github.com/o/same/blob/main/Ab.version"
+    );
+
+    // a newer version upstream describes another release: the local file stands
+    e.github_mod("newer", "Ab.zip", avc_zip("newer"));
+    e.serve(
+        "https://raw.githubusercontent.com/o/newer/main/Ab.version",
+        Answer::json(&json!({"VERSION": "1.1", "KSP_VERSION": "1.12.5"})),
+    );
+    assert_eq!(
+        ckan(&e.inflate(&netkan("newer")).await)["ksp_version"],
+        "1.8.1"
+    );
+
+    // a remote file that is not JSON, or missing: no error, the local file stands
+    e.github_mod("broken", "Ab.zip", avc_zip("broken"));
+    e.serve(
+        "https://raw.githubusercontent.com/o/broken/main/Ab.version",
+        Answer::bytes("text/plain", b"<html>".to_vec()),
+    );
+    assert_eq!(
+        ckan(&e.inflate(&netkan("broken")).await)["ksp_version"],
+        "1.8.1"
+    );
+    e.github_mod("missing", "Ab.zip", avc_zip("missing"));
+    assert_eq!(
+        ckan(&e.inflate(&netkan("missing")).await)["ksp_version"],
+        "1.8.1"
+    );
+    let hits = e.up.hits.lock().unwrap().clone();
+    assert!(
+        hits.iter()
+            .any(|h| h.contains("/_raw/o/missing/main/Ab.version")),
+        "the remote file was asked for: {hits:?}"
+    );
+}
+
+#[test]
+fn github_page_urls_are_read_as_raw_files() {
+    use kraken::netkan::transform::raw_github_url;
+    assert_eq!(
+        raw_github_url("https://github.com/o/r/tree/dev/GameData/X/X.version"),
+        "https://raw.githubusercontent.com/o/r/dev/GameData/X/X.version"
+    );
+    for same in [
+        "https://github.com/o/r/releases/latest/download/X.version",
+        "https://github.com/o/r/blob/main",
+        "https://example.com/o/r/blob/main/X.version",
+        "https://raw.githubusercontent.com/o/r/main/X.version",
+    ] {
+        assert_eq!(raw_github_url(same), same);
+    }
+}

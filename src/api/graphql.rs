@@ -1,5 +1,5 @@
-//! The GraphQL schema: queries over nodes and jobs, the `enqueueJob` and `cancelJob`
-//! mutations (operator token), and the `jobEvents` subscription.
+//! The GraphQL schema: queries over nodes and jobs, the `enqueueJob`, `enqueueInflate` and
+//! `cancelJob` mutations (operator token), and the `jobEvents` subscription.
 
 use crate::orchestrator::{JobNotice, JobRequest, Orchestrator};
 use crate::store::{Attempt, Isolation, JobRecord, JobState, LogLine, NodeRecord, NodeStats};
@@ -164,6 +164,20 @@ impl Mutation {
             timeout_secs: non_negative("timeoutSecs", timeout_secs)?,
         };
         Ok(JobView(orch(ctx).enqueue(req).await?))
+    }
+
+    /// Queues `inflate` jobs for mods of the configured NetKAN repository (batched, one
+    /// job per `netkan.inflate_batch` mods); returns the jobs. Each job's result holds one
+    /// NetKAN outcome per mod.
+    async fn enqueue_inflate(
+        &self,
+        ctx: &Context<'_>,
+        identifiers: Vec<String>,
+        #[graphql(default = 0)] priority: i32,
+    ) -> Result<Vec<JobView>, Error> {
+        require_operator(ctx)?;
+        let jobs = orch(ctx).enqueue_inflate(&identifiers, priority).await?;
+        Ok(jobs.into_iter().map(JobView).collect())
     }
 
     async fn cancel_job(&self, ctx: &Context<'_>, id: ID) -> Result<JobView, Error> {

@@ -4,6 +4,7 @@
 
 mod echo;
 mod fail;
+pub mod inflate;
 mod memhog;
 mod sleep;
 
@@ -61,14 +62,33 @@ pub trait JobKind: Send + Sync {
     fn in_process_safe(&self) -> bool {
         false
     }
-    /// Whether its container needs a network.
-    fn needs_network(&self) -> bool {
-        false
+    /// What its container is given from the worker's configuration: a network, settings,
+    /// writable directories. Nothing by default.
+    fn container_setup(&self, _config: &crate::config::Config) -> ContainerSetup {
+        ContainerSetup::default()
     }
 }
 
+/// What a kind's container gets beyond the job itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerSetup {
+    /// A network (Docker's default bridge); without it the container has none.
+    pub network: bool,
+    /// `NAME=value` environment entries (settings, never the worker's own secrets).
+    pub env: Vec<String>,
+    /// Host directories mounted writable at a path in the container; the runtime creates
+    /// them and makes them writable by the container's unprivileged user.
+    pub binds: Vec<(std::path::PathBuf, String)>,
+}
+
 /// Every kind this agent knows.
-pub const KINDS: &[&dyn JobKind] = &[&echo::Echo, &sleep::Sleep, &fail::Fail, &memhog::MemHog];
+pub const KINDS: &[&dyn JobKind] = &[
+    &echo::Echo,
+    &sleep::Sleep,
+    &fail::Fail,
+    &memhog::MemHog,
+    &inflate::Inflate,
+];
 
 pub fn find(name: &str) -> Result<&'static dyn JobKind, JobError> {
     KINDS

@@ -294,19 +294,18 @@ pub fn redistributable(m: &Map<String, Value>) -> bool {
     names.iter().any(|l| *l != "restricted" && *l != "unknown")
 }
 
+/// Whether `id` is a CKAN identifier: `^[A-Za-z0-9][A-Za-z0-9-]+$`.
+pub fn valid_identifier(id: &str) -> bool {
+    id.len() >= 2
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 /// Checks a finished module against CKAN's rules for a package.
 pub fn validate(m: &Map<String, Value>) -> Result<(), NetkanError> {
     let invalid = |s: String| Err(NetkanError::Validation(s));
     let identifier = m.get("identifier").and_then(Value::as_str).unwrap_or("");
-    let id_ok = identifier.len() >= 2
-        && identifier
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && identifier
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if !id_ok {
+    if !valid_identifier(identifier) {
         return invalid(format!(
             "identifier `{identifier}` is not valid (letters, digits and `-`, at least two characters, not starting with `-`)"
         ));

@@ -131,6 +131,15 @@ impl Fetcher {
         })
     }
 
+    /// The fetcher a node's configuration describes (upstreams, cache and its bound).
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, NetkanError> {
+        Self::new(
+            config.upstreams(),
+            &config.netkan_cache_dir(),
+            config.netkan.cache_max_mb << 20,
+        )
+    }
+
     fn request(&self, public_url: &str) -> reqwest::RequestBuilder {
         let url = self.upstreams.reach(public_url);
         let mut req = self.http.get(&url);
@@ -238,7 +247,9 @@ impl Fetcher {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let tmp = path.with_extension(format!("part{}", std::process::id()));
+        // unique per download: job containers sharing the cache all run as pid 1
+        let nonce = uuid::Uuid::now_v7().simple();
+        let tmp = path.with_extension(format!("{PARTIAL}{nonce}"));
         let mut file = std::fs::File::create(&tmp).map_err(|e| fail(e.to_string()))?;
         let mut size = 0u64;
         let result = async {
@@ -260,8 +271,12 @@ impl Fetcher {
             return Err(e);
         }
         drop(file);
+        // the content type lands before the file it describes, so a reader that finds the
+        // file always finds its type too
+        let meta_tmp = path.with_extension(format!("{PARTIAL}type-{nonce}"));
+        let _ = std::fs::write(&meta_tmp, content_type.as_deref().unwrap_or(""))
+            .and_then(|_| std::fs::rename(&meta_tmp, &meta_path));
         std::fs::rename(&tmp, &path).map_err(|e| fail(e.to_string()))?;
-        let _ = std::fs::write(&meta_path, content_type.as_deref().unwrap_or(""));
         self.evict();
         Ok(Download {
             path,
@@ -282,14 +297,27 @@ impl Fetcher {
         let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {
             return;
         };
-        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
-            .flatten()
-            .filter(|e| e.path().extension().is_none())
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                Some((m.modified().ok()?, m.len(), e.path()))
-            })
-            .collect();
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+        let stale = std::time::SystemTime::now() - STALE_PARTIAL;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some((len, modified)) = entry
+                .metadata()
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)))
+            else {
+                continue;
+            };
+            let ext = path.extension().map(|e| e.to_string_lossy().into_owned());
+            match ext {
+                None => files.push((modified, len, path)),
+                // what a download killed midway left behind
+                Some(e) if e.starts_with(PARTIAL) && modified < stale => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Some(_) => {}
+            }
+        }
         let mut total: u64 = files.iter().map(|f| f.1).sum();
         files.sort();
         for (_, len, path) in files {
@@ -303,6 +331,11 @@ impl Fetcher {
         }
     }
 }
+
+/// The extension prefix of files still being written.
+const PARTIAL: &str = "part-";
+/// A partial file this old belongs to a download that died.
+const STALE_PARTIAL: Duration = Duration::from_secs(3600);
 
 fn filetime_now(path: &Path) -> std::io::Result<()> {
     let f = std::fs::File::options().append(true).open(path)?;

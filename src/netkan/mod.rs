@@ -7,10 +7,12 @@
 //! - [`archive`]: what is read inside a download (install stanzas, `.version`, `.cfg`).
 //! - [`transform`]: the transformer pipeline, in NetKAN's order, and the outcome.
 //! - [`ckan`]: canonical property order, `spec_version`, validation, the output text.
+//! - [`repo`]: a NetKAN repository on disk (`.netkan` files by identifier, frozen mods).
 
 pub mod archive;
 pub mod ckan;
 pub mod fetch;
+pub mod repo;
 pub mod sources;
 pub mod transform;
 pub mod version;
@@ -58,10 +60,9 @@ impl NetkanError {
     }
 }
 
-/// Inflates the netkan in `file` with the upstreams and cache of `config`, and writes the
-/// `.ckan` into `out_dir` when it succeeds.
+/// Inflates the netkan in `file` and writes the `.ckan` into `out_dir` when it succeeds.
 pub async fn inflate_file(
-    config: &crate::config::Config,
+    fetcher: &Fetcher,
     file: &std::path::Path,
     mut opts: Options,
     out_dir: &std::path::Path,
@@ -69,12 +70,7 @@ pub async fn inflate_file(
     let text = std::fs::read_to_string(file)
         .map_err(|e| NetkanError::BadNetkan(format!("cannot read {}: {e}", file.display())))?;
     opts.file_name = file.file_name().and_then(|n| n.to_str()).map(str::to_owned);
-    let fetcher = Fetcher::new(
-        config.upstreams(),
-        &config.netkan_cache_dir(),
-        config.netkan.cache_max_mb << 20,
-    )?;
-    let outcome = inflate(&text, &opts, &fetcher).await;
+    let outcome = inflate(&text, &opts, fetcher).await;
     if let (Some(name), Some(ckan)) = (&outcome.file_name, &outcome.ckan) {
         let path = out_dir.join(name);
         std::fs::create_dir_all(out_dir)

@@ -438,7 +438,7 @@ async fn inflate_one(
 
     overrides.apply(&mut json, Hook::Before("avc"))?;
     if let Some((_, path)) = &vref {
-        avc(&mut json, &mut archive, &installable, path)?;
+        avc(&mut json, &mut archive, &installable, path, f).await?;
     }
     overrides.apply(&mut json, Hook::After("avc"))?;
 
@@ -822,11 +822,12 @@ async fn http(json: &mut Json, url: &str, f: &Fetcher) -> Result<(), NetkanError
     Ok(())
 }
 
-fn avc(
+async fn avc(
     json: &mut Json,
     archive: &mut Archive,
     installable: &[usize],
     path: &str,
+    f: &Fetcher,
 ) -> Result<(), NetkanError> {
     let Some(entry) =
         archive::find_version_file(archive, installable, Some(path).filter(|p| !p.is_empty()))?
@@ -837,7 +838,14 @@ fn avc(
         ));
     };
     let text = archive.read_text(&entry)?;
-    let avc = AvcFile::parse(&entry.path, &text)?;
+    let local = AvcFile::parse(&entry.path, &text)?;
+    let remote_url = local.url.clone();
+    let mut avc = local;
+    // the remote file is preferred when it describes the same version (it is where authors
+    // fix game version bounds after a release); any trouble with it is no error
+    if let Some(remote) = remote_avc(f, &avc).await {
+        avc = remote;
+    }
     let existing = |k: &str| {
         json.get(k)
             .and_then(Value::as_str)
@@ -874,10 +882,57 @@ fn avc(
             safe_add(json, "version", v);
         }
     }
-    if let Some(url) = avc.url.filter(|u| crate::config::is_http_url(u)) {
+    if let Some(url) = remote_url.filter(|u| crate::config::is_http_url(u)) {
         safe_add(resources(json), "remote-avc", url);
     }
     Ok(())
+}
+
+/// The version file at the local one's `URL`, when it describes the same version.
+async fn remote_avc(f: &Fetcher, local: &AvcFile) -> Option<AvcFile> {
+    let url = local
+        .url
+        .as_deref()
+        .filter(|u| crate::config::is_http_url(u))?;
+    let local_version = local.version.as_deref()?;
+    let url = raw_github_url(url);
+    let text = match f.get_text(&url).await {
+        Ok(Some((text, _))) => text,
+        Ok(None) => {
+            tracing::info!(%url, "the remote version file is missing; using the local one");
+            return None;
+        }
+        Err(error) => {
+            tracing::info!(%url, %error, "the remote version file could not be fetched; using the local one");
+            return None;
+        }
+    };
+    let remote = AvcFile::parse(&url, &text)
+        .inspect_err(|error| tracing::info!(%error, "using the local version file"))
+        .ok()?;
+    let same = remote
+        .version
+        .as_deref()
+        .is_some_and(|v| super::version::cmp_str(v, local_version).is_eq());
+    same.then_some(remote)
+}
+
+/// A GitHub page URL of a file (`https://github.com/<owner>/<repo>/blob|tree/<ref>/<path>`)
+/// as the raw file URL, as KSP-AVC itself reads it; any other URL as it is.
+pub fn raw_github_url(url: &str) -> String {
+    let Some(rest) = url
+        .strip_prefix("https://github.com/")
+        .or_else(|| url.strip_prefix("http://github.com/"))
+    else {
+        return url.to_owned();
+    };
+    let parts: Vec<&str> = rest.splitn(5, '/').collect();
+    match parts.as_slice() {
+        [owner, repo, "blob" | "tree", reference, path] if !path.is_empty() => {
+            format!("https://raw.githubusercontent.com/{owner}/{repo}/{reference}/{path}")
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn version_edit(json: &mut Json) -> Result<(), NetkanError> {

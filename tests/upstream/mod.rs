@@ -58,16 +58,25 @@ pub struct Upstream {
     pub base: String,
     routes: Arc<Mutex<HashMap<String, Answer>>>,
     pub hits: Arc<Mutex<Vec<String>>>,
+    /// `(target, Authorization header)` of every request that carried one.
+    pub auth: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Upstream {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// A server on `ip` (loopback, or the docker bridge's own address so job containers
+    /// reach it).
+    pub async fn start_on(ip: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let me = Self {
             base,
             routes: Arc::default(),
             hits: Arc::default(),
+            auth: Arc::default(),
         };
         let server = me.clone();
         tokio::spawn(async move {
@@ -76,6 +85,7 @@ impl Upstream {
                     return;
                 };
                 let s = server.clone();
+                let _ = sock.set_nodelay(true);
                 tokio::spawn(async move {
                     let _ = s.serve(sock).await;
                 });
@@ -100,6 +110,36 @@ impl Upstream {
         }
     }
 
+    /// Serves a generated GitHub-hosted mod `Gen<n>` (repository `gen/Gen<n>`, one release
+    /// `1.<n>` with a zip asset) and returns its identifier and `.netkan` text.
+    pub fn generated_mod(&self, n: usize) -> (String, String) {
+        let id = format!("Gen{n}");
+        let ups = self.upstreams(None, vec![]);
+        let serve = |public: &str, answer: Answer| self.route_url(&ups.reach(public), answer);
+        serve(
+            &format!("https://api.github.com/repos/gen/{id}"),
+            Answer::json(&serde_json::json!({
+                "name": id, "html_url": format!("https://github.com/gen/{id}"),
+                "description": format!("Generated mod number {n}"), "has_issues": true,
+                "license": {"spdx_id": "MIT"}, "owner": {"login": "gen", "type": "User"}})),
+        );
+        let url = format!("https://github.com/gen/{id}/releases/download/1.{n}/{id}.zip");
+        serve(
+            &format!("https://api.github.com/repos/gen/{id}/releases"),
+            Answer::json(&serde_json::json!([{
+                "tag_name": format!("1.{n}"), "author": {"login": "gen", "type": "User"},
+                "published_at": "2025-01-01T00:00:00Z",
+                "assets": [{"name": format!("{id}.zip"), "browser_download_url": url,
+                            "updated_at": "2025-01-01T00:00:00Z"}]}])),
+        );
+        serve(
+            &url,
+            Answer::bytes("application/octet-stream", generated_zip(&id, n)),
+        );
+        let netkan = format!("identifier: {id}\n$kref: '#/ckan/github/gen/{id}'\nlicense: MIT\n");
+        (id, netkan)
+    }
+
     /// Answers `path` (a path with optional query, below the server's root).
     pub fn route(&self, path: &str, answer: Answer) {
         self.routes.lock().unwrap().insert(path.to_owned(), answer);
@@ -113,7 +153,9 @@ impl Upstream {
         self.route(path, answer);
     }
 
-    async fn serve(&self, mut sock: tokio::net::TcpStream) -> std::io::Result<()> {
+    async fn serve(&self, sock: tokio::net::TcpStream) -> std::io::Result<()> {
+        // the head is read a byte at a time, from this buffer rather than the socket
+        let mut sock = tokio::io::BufReader::new(sock);
         loop {
             let mut buf = Vec::new();
             let mut byte = [0u8; 1];
@@ -132,11 +174,25 @@ impl Upstream {
             let mut parts = request.split(' ');
             let method = parts.next().unwrap_or_default().to_owned();
             let target = parts.next().unwrap_or_default().to_owned();
-            let length: usize = lines
+            let headers: Vec<(&str, &str)> = lines
                 .filter_map(|l| l.split_once(':'))
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.trim().parse().ok())
+                .map(|(k, v)| (k, v.trim()))
+                .collect();
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| *v)
+            };
+            let length: usize = header("content-length")
+                .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
+            if let Some(a) = header("authorization") {
+                self.auth
+                    .lock()
+                    .unwrap()
+                    .push((target.clone(), a.to_owned()));
+            }
             let mut body = vec![0u8; length];
             sock.read_exact(&mut body).await?;
             self.hits.lock().unwrap().push(format!("{method} {target}"));
@@ -154,10 +210,60 @@ impl Upstream {
                 out.push_str(&format!("{k}: {v}\r\n"));
             }
             out.push_str(&format!("Content-Length: {}\r\n\r\n", answer.body.len()));
-            sock.write_all(out.as_bytes()).await?;
+            // one write per answer: a head and a body written apart would wait out the
+            // client's delayed ACK (Nagle), 40 ms an answer
+            let mut bytes = out.into_bytes();
             if method != "HEAD" {
-                sock.write_all(&answer.body).await?;
+                bytes.extend_from_slice(&answer.body);
             }
+            sock.write_all(&bytes).await?;
         }
     }
+}
+
+/// A mod's zip: a plugin and a few parts under `GameData/<id>`, about 40 KiB.
+pub fn generated_zip(id: &str, n: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default();
+        z.start_file(format!("GameData/{id}/Plugins/{id}.dll"), opts)
+            .unwrap();
+        // bytes that do not compress away, different per mod
+        let mut x = n as u64 + 1;
+        let dll: Vec<u8> = (0..32 * 1024)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        z.write_all(&dll).unwrap();
+        for part in 0..4 {
+            z.start_file(format!("GameData/{id}/Parts/part{part}.cfg"), opts)
+                .unwrap();
+            z.write_all(format!("PART\n{{\n    name = {id}_{part}\n}}\n").as_bytes())
+                .unwrap();
+        }
+        z.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+/// The address of this host on Docker's default bridge, where job containers can reach a
+/// test server.
+pub fn docker_bridge_ip() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output()
+        .expect("run ip");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("docker0 has no IPv4 address: {text}"))
 }
