@@ -2,14 +2,19 @@
 //! the orchestrator, the API and the worker, each a task under one cancellation token, and
 //! wait for them at shutdown.
 //!
-//! An agent with no orchestrator to join (no `--join`, no earlier membership) founds a
-//! cluster and orchestrates it; every agent with free slots is also a worker. Discovery
-//! (the next step) plugs in at [`find_orchestrator`].
+//! The role, in order: `--join URL` (or `join.url`) makes a worker of that orchestrator; an
+//! earlier membership rejoins its cluster (at the address discovery finds it now, else the
+//! one it had); a data dir holding a cluster's secrets orchestrates it again; otherwise the
+//! agent looks over mDNS for a cluster to enroll in ([`form`]), and founds one when there is
+//! none and no lower-numbered newcomer in view. Every agent with free slots is also a
+//! worker.
 
 use crate::api::{self, ApiState};
 use crate::broker::server::{BrokerUser, RabbitServer, ServerSpec, ADMIN_USER};
 use crate::client::Client;
 use crate::config::Config;
+use crate::discovery::{Advert, Discovery, Role};
+use crate::enrollment::EnrollRequest;
 use crate::identity::{self, DataDir};
 use crate::orchestrator::{ClusterSecrets, JoinRequest, Orchestrator};
 use crate::runtime::Runtime;
@@ -40,6 +45,8 @@ pub enum AgentError {
     Api(#[from] api::ApiError),
     #[error("cannot join {url}: {message}")]
     Join { url: String, message: String },
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
 }
 
 /// Where a worker found its orchestrator; kept so a restart rejoins without flags.
@@ -47,6 +54,17 @@ pub enum AgentError {
 struct Membership {
     url: String,
     token: String,
+    /// The cluster it belongs to (pinned at its first admission).
+    #[serde(default)]
+    cluster: String,
+}
+
+/// What an agent becomes.
+enum Decision {
+    Orchestrate,
+    Join(Membership),
+    /// Shut down before deciding.
+    Stopped,
 }
 
 /// Runs an agent until `shutdown` is cancelled.
@@ -64,9 +82,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         &node_id,
         &config.worker.base_image,
     ));
-    let result = match find_orchestrator(&config, &dir)? {
-        None => run_orchestrator(&config, &dir, &node_id, runtime, &shutdown, &tasks).await,
-        Some(m) => run_worker(&config, &dir, &node_id, m, runtime, &shutdown, &tasks).await,
+    let discovery = if config.discovery.enabled {
+        let me = Advert {
+            node: node_id.clone(),
+            cluster: String::new(),
+            role: Role::Candidate,
+            term: 0,
+            api_port: config.api.port,
+            version: crate::VERSION.to_owned(),
+        };
+        Some(Discovery::start(
+            &config.discovery,
+            me,
+            shutdown.child_token(),
+            &tasks,
+        )?)
+    } else {
+        None
+    };
+    let result = match decide(&config, &dir, &node_id, discovery.as_deref(), &shutdown).await {
+        Ok(Decision::Orchestrate) => {
+            run_orchestrator(
+                &config, &dir, &node_id, runtime, discovery, &shutdown, &tasks,
+            )
+            .await
+        }
+        Ok(Decision::Join(m)) => {
+            run_worker(
+                &config, &dir, &node_id, m, runtime, discovery, &shutdown, &tasks,
+            )
+            .await
+        }
+        Ok(Decision::Stopped) => Ok(()),
+        Err(e) => Err(e),
     };
     if let Err(error) = &result {
         tracing::error!(%error, "agent failed");
@@ -85,18 +133,156 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     result
 }
 
-/// The orchestrator to join, if any: from flags or config, else from an earlier membership.
-fn find_orchestrator(config: &Config, dir: &DataDir) -> Result<Option<Membership>, AgentError> {
+/// Decides the role (see the module's doc).
+async fn decide(
+    config: &Config,
+    dir: &DataDir,
+    node_id: &str,
+    discovery: Option<&Discovery>,
+    shutdown: &CancellationToken,
+) -> Result<Decision, AgentError> {
     if !config.join.url.is_empty() {
-        return Ok(Some(Membership {
+        return Ok(Decision::Join(Membership {
             url: config.join.url.clone(),
             token: config.join.token.clone(),
+            cluster: String::new(),
         }));
     }
-    match std::fs::read_to_string(dir.membership_file()) {
-        Ok(text) => Ok(serde_json::from_str(&text).ok()),
-        Err(_) => Ok(None),
+    if let Ok(text) = std::fs::read_to_string(dir.membership_file()) {
+        if let Ok(mut m) = serde_json::from_str::<Membership>(&text) {
+            // the orchestrator may have a new address since: look for it by its cluster
+            if let (Some(d), false) = (discovery, m.cluster.is_empty()) {
+                let wait = Duration::from_millis(config.discovery.browse_ms);
+                if let Some(url) = find_orchestrator_of(d, &m.cluster, wait, shutdown).await {
+                    m.url = url;
+                }
+            }
+            return Ok(Decision::Join(m));
+        }
     }
+    if dir.join_token_file().exists() || discovery.is_none() {
+        return Ok(Decision::Orchestrate);
+    }
+    match discovery {
+        Some(d) => form(config, node_id, d, shutdown).await,
+        None => Ok(Decision::Orchestrate),
+    }
+}
+
+/// The API of an orchestrator of `cluster` in view within `wait`.
+async fn find_orchestrator_of(
+    d: &Discovery,
+    cluster: &str,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = d.watch();
+    loop {
+        if let Some(url) = d
+            .orchestrators(Some(cluster))
+            .first()
+            .and_then(|o| o.api_url())
+        {
+            return Some(url);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep_until(deadline) => return None,
+            _ = changes.changed() => {}
+        }
+    }
+}
+
+/// A new device finds its cluster: it enrolls with an orchestrator in view, or, when there
+/// is none after the browse window, the newcomer with the lowest node id founds one and
+/// the others enroll with it.
+async fn form(
+    config: &Config,
+    node_id: &str,
+    d: &Discovery,
+    shutdown: &CancellationToken,
+) -> Result<Decision, AgentError> {
+    let window = Duration::from_millis(config.discovery.browse_ms);
+    let started = tokio::time::Instant::now();
+    // a lowest newcomer that never founds its cluster (gone without a goodbye) is waited
+    // for only this long
+    let patience = window * 10;
+    let mut changes = d.watch();
+    let mut told_pending = false;
+    tracing::info!(
+        window_ms = window.as_millis() as u64,
+        "looking for a cluster over mDNS"
+    );
+    loop {
+        if let Some(orch) = d.orchestrators(None).into_iter().next() {
+            if let Some(url) = orch.api_url() {
+                match enroll(config, node_id, &url).await {
+                    Ok(Some(m)) => {
+                        tracing::info!(cluster = %m.cluster, %url, "admitted to the cluster");
+                        return Ok(Decision::Join(m));
+                    }
+                    Ok(None) => {
+                        if !told_pending {
+                            tracing::info!(%url, node = %node_id, "waiting for approval: run `kraken nodes approve {node_id}` on the orchestrator (or open its enrollment window)");
+                            told_pending = true;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, %url, "enrollment failed; retrying"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(Decision::Stopped),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                continue;
+            }
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= window {
+            let lowest = d
+                .devices()
+                .into_iter()
+                .filter(|x| x.advert.role == Role::Candidate)
+                .map(|x| x.advert.node)
+                .chain(std::iter::once(node_id.to_owned()))
+                .min();
+            if lowest.as_deref() == Some(node_id) || elapsed >= patience {
+                tracing::info!("no cluster in view: founding one");
+                return Ok(Decision::Orchestrate);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Decision::Stopped),
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Asks the orchestrator at `url` to admit this device: its membership once admitted,
+/// `None` while it waits for approval.
+async fn enroll(
+    config: &Config,
+    node_id: &str,
+    url: &str,
+) -> Result<Option<Membership>, crate::client::ClientError> {
+    let req = EnrollRequest {
+        node_id: node_id.to_owned(),
+        name: config.node.name.clone(),
+        version: crate::VERSION.to_owned(),
+    };
+    let body = serde_json::to_value(&req).unwrap_or_default();
+    let resp = Client::new(url, None).post("/api/v1/enroll", &body).await?;
+    let token = resp.get("join_token").and_then(|t| t.as_str());
+    Ok(token.map(|token| Membership {
+        url: url.to_owned(),
+        token: token.to_owned(),
+        cluster: resp
+            .get("cluster_id")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+    }))
 }
 
 async fn run_orchestrator(
@@ -104,9 +290,11 @@ async fn run_orchestrator(
     dir: &DataDir,
     node_id: &str,
     runtime: Arc<Runtime>,
+    discovery: Option<Arc<Discovery>>,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<(), AgentError> {
+    let newborn = !dir.join_token_file().exists();
     let secrets = ClusterSecrets {
         cluster_id: identity::load_or_create(&dir.0.join("cluster-id"), || {
             identity::random_hex(4)
@@ -177,12 +365,26 @@ async fn run_orchestrator(
     orch.clone()
         .run(ready_rx, shutdown.child_token(), tasks)
         .await;
+    if newborn && config.orchestrator.enrollment_secs > 0 {
+        orch.enrollment.open(config.orchestrator.enrollment_secs);
+        tracing::info!(
+            secs = config.orchestrator.enrollment_secs,
+            "new cluster: devices that find it over mDNS are admitted by themselves for now"
+        );
+    }
+    if let Some(d) = &discovery {
+        d.update(|a| {
+            a.role = Role::Orchestrator;
+            a.cluster = secrets.cluster_id.clone();
+        });
+    }
 
     let state = ApiState {
         schema: Some(api::graphql::schema(orch.clone())),
         orch: Some(orch.clone()),
         operator_token: Some(secrets.operator_token.clone()),
         public_reads: config.api.public_reads,
+        discovery,
     };
     spawn_api(config, state, shutdown, tasks);
 
@@ -197,12 +399,14 @@ async fn run_orchestrator(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_worker(
     config: &Config,
     dir: &DataDir,
     node_id: &str,
-    membership: Membership,
+    mut membership: Membership,
     runtime: Arc<Runtime>,
+    discovery: Option<Arc<Discovery>>,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<(), AgentError> {
@@ -211,6 +415,7 @@ async fn run_worker(
         schema: None,
         operator_token: None,
         public_reads: false,
+        discovery: discovery.clone(),
     };
     spawn_api(config, state, shutdown, tasks);
 
@@ -255,7 +460,23 @@ async fn run_worker(
             }
         }
     };
+    if !membership.cluster.is_empty() && membership.cluster != joined.cluster_id {
+        return Err(AgentError::Join {
+            url: membership.url.clone(),
+            message: format!(
+                "it leads cluster {}, but this device belongs to cluster {}",
+                joined.cluster_id, membership.cluster
+            ),
+        });
+    }
+    membership.cluster = joined.cluster_id.clone();
     tracing::info!(cluster = %joined.cluster_id, url = %membership.url, "joined the cluster");
+    if let Some(d) = &discovery {
+        d.update(|a| {
+            a.role = Role::Worker;
+            a.cluster = joined.cluster_id.clone();
+        });
+    }
     identity::write_secret(
         &dir.membership_file(),
         &serde_json::to_string(&membership).unwrap_or_default(),

@@ -37,6 +37,32 @@ pub struct Config {
     pub github: GithubConfig,
     pub spacedock: SpacedockConfig,
     pub netkan: NetkanConfig,
+    pub discovery: DiscoveryConfig,
+}
+
+/// Finding the other devices over mDNS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Advertise this agent and browse for the others.
+    pub enabled: bool,
+    /// Interfaces mDNS uses: `all`, or names (`eth0,wlan0`; `lo` for loopback only).
+    pub interfaces: String,
+    /// The mDNS port (5353; another only to keep test clusters apart).
+    pub port: u16,
+    /// How long a new device looks for a cluster before it starts one, milliseconds.
+    pub browse_ms: u64,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interfaces: "all".into(),
+            port: 5353,
+            browse_ms: 1500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +186,8 @@ pub struct OrchestratorConfig {
     pub retry_backoff_ms: u64,
     /// Log lines kept per job; older lines are dropped first.
     pub max_log_lines: u32,
+    /// How long a new cluster admits devices without approval, seconds (0: never).
+    pub enrollment_secs: u64,
 }
 
 impl Default for OrchestratorConfig {
@@ -169,6 +197,7 @@ impl Default for OrchestratorConfig {
             max_attempts: 3,
             retry_backoff_ms: 1000,
             max_log_lines: 5000,
+            enrollment_secs: 600,
         }
     }
 }
@@ -176,7 +205,7 @@ impl Default for OrchestratorConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct JoinConfig {
-    /// The orchestrator's API URL; empty means "be the orchestrator".
+    /// The orchestrator's API URL; empty means "find the cluster over mDNS, or start one".
     pub url: String,
     /// The cluster join token.
     pub token: String,
@@ -491,7 +520,7 @@ impl Config {
 }
 
 /// The config sections an environment variable may address.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "node",
     "api",
     "broker",
@@ -501,6 +530,7 @@ const SECTIONS: [&str; 9] = [
     "github",
     "spacedock",
     "netkan",
+    "discovery",
 ];
 
 /// Variables of the CLI that look like settings but are not (where the CLI finds the API).

@@ -6,6 +6,8 @@
 //! orchestrator; every agent is a worker.
 //!
 //! - [`config`]: `kraken.toml` + `KRAKEN_*` environment + flags, one validated [`config::Config`].
+//! - [`discovery`]: mDNS: this agent's advert (`_kraken._tcp.local.`) and the devices in view.
+//! - [`enrollment`]: admission of devices without a token (enrollment window, approvals).
 //! - [`identity`]: the node id and the cluster's secrets in the data dir (join and operator
 //!   tokens, mode 0600), and the HMAC proofs of the join handshake.
 //! - [`store`]: the persistent state (nodes, jobs, job logs) behind our own types; sled today.
@@ -31,6 +33,8 @@ pub mod api;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod discovery;
+pub mod enrollment;
 pub mod identity;
 pub mod jobs;
 pub mod netkan;

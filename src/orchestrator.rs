@@ -9,6 +9,7 @@ use crate::broker::messages::{
 use crate::broker::server::{BrokerUser, RabbitServer, ADMIN_USER};
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
+use crate::enrollment::{Admission, EnrollRequest, Enrollment, EnrollmentError};
 use crate::identity;
 use crate::jobs::{self, JobError};
 use crate::netkan::repo::NetkanRepo;
@@ -41,6 +42,8 @@ pub enum OrchestratorError {
     JoinRefused(String),
     #[error("job {id} is already {state}")]
     AlreadyFinal { id: Uuid, state: &'static str },
+    #[error(transparent)]
+    Enrollment(#[from] EnrollmentError),
 }
 
 /// What an operator asks for when enqueueing a job.
@@ -148,6 +151,17 @@ pub struct Orchestrator {
     notices: broadcast::Sender<JobNotice>,
     nonces: Mutex<HashMap<String, Instant>>,
     pub counters: Counters,
+    /// Admission of devices without a token.
+    pub enrollment: Enrollment,
+}
+
+/// What an enrolling device is told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub cluster_id: String,
+    /// The join token, once admitted.
+    pub join_token: Option<String>,
+    pub message: String,
 }
 
 const NONCE_TTL: Duration = Duration::from_secs(60);
@@ -210,7 +224,33 @@ impl Orchestrator {
             notices: broadcast::channel(4096).0,
             nonces: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            enrollment: Enrollment::default(),
         }))
+    }
+
+    /// A device that knows no token asks to join: inside the enrollment window, or once an
+    /// operator approved it, it is handed the join token; otherwise it waits.
+    pub fn enroll(
+        &self,
+        req: &EnrollRequest,
+        address: &str,
+    ) -> Result<EnrollResponse, OrchestratorError> {
+        let admitted = self.enrollment.ask(req, address)? == Admission::Admitted;
+        if admitted {
+            tracing::info!(node = %req.node_id, name = %req.name, %address, "device admitted");
+        }
+        Ok(EnrollResponse {
+            cluster_id: self.secrets.cluster_id.clone(),
+            join_token: admitted.then(|| self.secrets.join_token.clone()),
+            message: if admitted {
+                "admitted".into()
+            } else {
+                format!(
+                    "waiting for approval: run `kraken nodes approve {}` on the orchestrator",
+                    req.node_id
+                )
+            },
+        })
     }
 
     pub fn store(&self) -> &Store {

@@ -7,6 +7,7 @@
 
 pub mod graphql;
 
+use crate::enrollment::{EnrollRequest, EnrollmentError};
 use crate::identity;
 use crate::orchestrator::{JobRequest, JoinRequest, Orchestrator, OrchestratorError};
 use crate::store::JobState;
@@ -64,6 +65,10 @@ impl From<OrchestratorError> for ApiError {
                 Self::Unauthorized("join refused: wrong or expired proof of the cluster token")
             }
             OrchestratorError::AlreadyFinal { .. } => Self::BadRequest(e.to_string()),
+            OrchestratorError::Enrollment(EnrollmentError::NotPending(_)) => {
+                Self::NotFound(e.to_string())
+            }
+            OrchestratorError::Enrollment(_) => Self::BadRequest(e.to_string()),
             OrchestratorError::Store(_) | OrchestratorError::Broker(_) => {
                 Self::Internal(e.to_string())
             }
@@ -98,6 +103,8 @@ pub struct ApiState {
     pub schema: Option<KrakenSchema>,
     pub operator_token: Option<String>,
     pub public_reads: bool,
+    /// The devices in view over mDNS, when discovery is on.
+    pub discovery: Option<Arc<crate::discovery::Discovery>>,
 }
 
 impl ApiState {
@@ -183,11 +190,18 @@ fn ping() -> &'static str {
 #[get("/api/v1/cluster")]
 fn cluster(_r: Reader, s: &State<ApiState>) -> ApiResult<Json<Value>> {
     let o = s.orch()?;
+    let devices = s
+        .discovery
+        .as_ref()
+        .map(|d| d.devices())
+        .unwrap_or_default();
     Ok(Json(json!({
         "id": o.secrets().cluster_id,
         "orchestrator": o.self_id(),
         "version": crate::VERSION,
         "queued_jobs": o.queued_count(),
+        "enrollment_open": o.enrollment.remaining().is_some(),
+        "devices": devices,
     })))
 }
 
@@ -310,6 +324,61 @@ async fn join(s: &State<ApiState>, body: &str, ip: Option<IpAddr>) -> ApiResult<
     let address = ip.map(|i| i.to_string()).unwrap_or_default();
     let resp = o.join(req, address).await?;
     Ok(Json(serde_json::to_value(resp).unwrap_or_default()))
+}
+
+/// A device without a token asks to join (answers 202 while it waits for approval).
+#[post("/api/v1/enroll", data = "<body>")]
+fn enroll(s: &State<ApiState>, body: &str, ip: Option<IpAddr>) -> ApiResult<(Status, Json<Value>)> {
+    let o = s.orch()?;
+    let req: EnrollRequest = serde_json::from_str(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed enroll request: {e}")))?;
+    let address = ip.map(|i| i.to_string()).unwrap_or_default();
+    let resp = o.enroll(&req, &address)?;
+    let status = if resp.join_token.is_some() {
+        Status::Ok
+    } else {
+        Status::Accepted
+    };
+    Ok((status, Json(serde_json::to_value(resp).unwrap_or_default())))
+}
+
+/// The enrollment window and the devices waiting for approval.
+#[get("/api/v1/enrollment")]
+fn enrollment(_r: Reader, s: &State<ApiState>) -> ApiResult<Json<Value>> {
+    let e = &s.orch()?.enrollment;
+    Ok(Json(json!({
+        "open": e.remaining().is_some(),
+        "remaining_secs": e.remaining(),
+        "pending": e.pending(),
+    })))
+}
+
+/// Opens the enrollment window for `seconds` (0 closes it).
+#[post("/api/v1/enrollment", data = "<body>")]
+fn open_enrollment(_o: Operator, s: &State<ApiState>, body: &str) -> ApiResult<Json<Value>> {
+    let e = &s.orch()?.enrollment;
+    let v: Value = serde_json::from_str(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed request: {e}")))?;
+    let secs = v["seconds"]
+        .as_u64()
+        .filter(|n| *n <= 7 * 24 * 3600)
+        .ok_or_else(|| ApiError::BadRequest("`seconds` must be 0 to 604800".into()))?;
+    e.open(secs);
+    Ok(Json(
+        json!({ "open": e.remaining().is_some(), "remaining_secs": e.remaining() }),
+    ))
+}
+
+/// Admits a device that is waiting for approval.
+#[post("/api/v1/nodes/<id>/approve")]
+fn approve(_o: Operator, s: &State<ApiState>, id: &str) -> ApiResult<Json<Value>> {
+    let device = s
+        .orch()?
+        .enrollment
+        .approve(id)
+        .map_err(OrchestratorError::from)?;
+    tracing::info!(node = %id, name = %device.name, "device approved by the operator");
+    Ok(Json(serde_json::to_value(device).unwrap_or_default()))
 }
 
 #[get("/metrics")]
@@ -533,6 +602,10 @@ pub async fn serve(
                 log,
                 join_challenge,
                 join,
+                enroll,
+                enrollment,
+                open_enrollment,
+                approve,
                 metrics,
                 graphql_post,
                 graphql_get,

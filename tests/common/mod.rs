@@ -56,6 +56,16 @@ pub fn free_port(with_dist: bool) -> u16 {
     }
 }
 
+/// The mDNS port of this test process's agents (nextest runs each test in its own process,
+/// so each test's agents see each other and no other test's).
+pub fn mdns_port() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    })
+}
+
 /// One agent process.
 pub struct Agent {
     pub name: String,
@@ -77,8 +87,11 @@ impl Agent {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kraken"));
         cmd.arg("agent")
             .args(&self.args)
-            .env("RUST_LOG", "info,rocket=error,lapin=off")
+            .env("RUST_LOG", "info,rocket=error,lapin=off,mdns_sd=off")
             .env_remove("KRAKEN_API_URL")
+            // mDNS stays on loopback, on a port of this test's own
+            .env("KRAKEN_DISCOVERY_INTERFACES", "lo")
+            .env("KRAKEN_DISCOVERY_PORT", mdns_port().to_string())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         for (k, v) in &self.env {
@@ -87,14 +100,20 @@ impl Agent {
         self.child = Some(cmd.spawn().expect("start kraken agent"));
     }
 
-    /// Starts an orchestrator (which is also a worker with `slots` slots).
+    /// Starts an orchestrator (which is also a worker with `slots` slots): an agent with no
+    /// role flags, alone on its test's mDNS, founds a cluster.
     pub fn orchestrator(root: &Path, slots: u32, env: &[(&str, &str)]) -> Agent {
-        let dir = root.join("orchestrator");
+        Self::bare(root, "orchestrator", slots, env)
+    }
+
+    /// Starts an agent with no role flags: it finds its cluster over mDNS (or founds one).
+    pub fn bare(root: &Path, name: &str, slots: u32, env: &[(&str, &str)]) -> Agent {
+        let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let api_port = free_port(false);
         let amqp_port = free_port(true);
         let mut a = Agent {
-            name: "orchestrator".into(),
+            name: name.into(),
             args: vec![
                 "--data-dir".into(),
                 dir.join("data").display().to_string(),
@@ -105,7 +124,7 @@ impl Agent {
                 "--slots".into(),
                 slots.to_string(),
                 "--name".into(),
-                "orchestrator".into(),
+                name.into(),
             ],
             env: env
                 .iter()
@@ -118,6 +137,11 @@ impl Agent {
         };
         a.spawn();
         a
+    }
+
+    /// Whether this agent holds a cluster's secrets (it founded or leads one).
+    pub fn leads(&self) -> bool {
+        self.data_dir().join("operator-token").exists()
     }
 
     /// Starts a worker joining `orch`.

@@ -1,0 +1,243 @@
+//! A cluster that forms by itself: agents started with no role flags find each other over
+//! mDNS (confined to loopback, on this test's own port), one founds the cluster and the
+//! others enroll in it; outside the enrollment window a device waits for approval; a
+//! rebooted device rejoins as itself and never follows another cluster's orchestrator.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Waits until exactly one of `agents` leads, and returns its index.
+fn leader(agents: &[Agent]) -> usize {
+    wait_until(
+        "one agent founded the cluster",
+        Duration::from_secs(30),
+        || {
+            let leading: Vec<usize> = (0..agents.len()).filter(|&i| agents[i].leads()).collect();
+            (leading.len() == 1).then(|| leading[0])
+        },
+    )
+}
+
+async fn alive_nodes(orch: &Agent) -> Vec<Value> {
+    let nodes = orch.client().get("/api/v1/nodes").await.unwrap();
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["alive"] == json!(true))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_started_together_without_flags_form_one_cluster() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let mut agents: Vec<Agent> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|name| Agent::bare(root.path(), name, 1, &[]))
+        .collect();
+    let lead = leader(&agents);
+    let orch = &agents[lead];
+    orch.wait_ready(4).await;
+    // still one leader once everyone settled
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(agents.iter().filter(|a| a.leads()).count(), 1);
+
+    // the leader is the newcomer with the lowest node id
+    let lowest = agents.iter().map(|a| a.node_id()).min().unwrap();
+    assert_eq!(orch.node_id(), lowest);
+
+    let cluster = orch.client().get("/api/v1/cluster").await.unwrap();
+    let devices = cluster["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 4, "{cluster}");
+    for d in devices {
+        let expected = if d["node"] == json!(lowest) {
+            "orchestrator"
+        } else {
+            "worker"
+        };
+        assert_eq!(d["role"], expected, "{d}");
+        assert_eq!(d["cluster"], cluster["id"], "{d}");
+    }
+    assert_eq!(cluster["enrollment_open"], true);
+
+    // jobs run on the formed cluster
+    let client = orch.client();
+    let id = enqueue(&client, "echo", json!({"message": "formed"}), "").await;
+    let done = wait_final(&client, &[id], Duration::from_secs(60)).await;
+    assert_eq!(done[0]["state"], "SUCCEEDED");
+
+    // a rebooted worker comes back as itself, with no flags
+    let w = (lead + 1) % agents.len();
+    let before = agents[w].node_id();
+    agents[w].stop();
+    agents[w].restart();
+    let orch = &agents[lead];
+    wait_until_async(
+        "the rebooted worker is back",
+        Duration::from_secs(30),
+        || async {
+            let alive = alive_nodes(orch).await;
+            (alive.len() == 4 && alive.iter().any(|n| n["id"] == json!(before))).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        orch.client()
+            .get("/api/v1/nodes")
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        4,
+        "no new identity"
+    );
+    assert!(agents[w].log().contains("joined the cluster"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_the_enrollment_window_a_device_waits_for_approval() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let orch = Agent::orchestrator(
+        root.path(),
+        0,
+        &[("KRAKEN_ORCHESTRATOR_ENROLLMENT_SECS", "0")],
+    );
+    orch.wait_ready(1).await;
+    let client = orch.client();
+    let device = Agent::bare(root.path(), "newpi", 1, &[]);
+    let id = device.node_id();
+    wait_until_async("the device is pending", Duration::from_secs(30), || async {
+        let e = client.get("/api/v1/enrollment").await.ok()?;
+        assert_eq!(e["open"], false);
+        e["pending"]
+            .as_array()?
+            .iter()
+            .any(|p| p["node_id"] == json!(id) && p["name"] == "newpi")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(alive_nodes(&orch).await.len(), 1, "not admitted yet");
+    assert!(device.log().contains("waiting for approval"));
+    assert!(
+        !device.leads(),
+        "a device that sees a cluster never founds its own"
+    );
+
+    // approval needs the operator token
+    let anonymous = kraken::client::Client::new(&orch.url(), None);
+    let err = anonymous
+        .post(&format!("/api/v1/nodes/{id}/approve"), &json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("401"), "{err}");
+    let err = client
+        .post("/api/v1/nodes/nnotpending/approve", &json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no device nnotpending is waiting"), "{err}");
+
+    client
+        .post(&format!("/api/v1/nodes/{id}/approve"), &json!({}))
+        .await
+        .unwrap();
+    wait_until_async(
+        "the approved device joined",
+        Duration::from_secs(30),
+        || async { (alive_nodes(&orch).await.len() == 2).then_some(()) },
+    )
+    .await;
+    let e = client.get("/api/v1/enrollment").await.unwrap();
+    assert_eq!(e["pending"], json!([]));
+
+    // reopening the window admits the next device by itself
+    client
+        .post("/api/v1/enrollment", &json!({"seconds": 60}))
+        .await
+        .unwrap();
+    let _next = Agent::bare(root.path(), "nextpi", 1, &[]);
+    wait_until_async(
+        "the next device joined",
+        Duration::from_secs(30),
+        || async { (alive_nodes(&orch).await.len() == 3).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_never_follows_another_clusters_orchestrator() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    // cluster B is founded out of sight (another mDNS port), then stopped
+    let mut other = Agent::bare(
+        root.path(),
+        "other",
+        0,
+        &[("KRAKEN_DISCOVERY_PORT", &free_udp_port().to_string())],
+    );
+    other.wait_ready(1).await;
+    let other_cluster = other.client().get("/api/v1/cluster").await.unwrap()["id"].clone();
+    other.stop();
+
+    // cluster A forms with a worker
+    let orch = Agent::orchestrator(root.path(), 0, &[]);
+    orch.wait_ready(1).await;
+    let mut w = Agent::bare(root.path(), "w", 1, &[]);
+    orch.wait_ready(2).await;
+    let cluster = orch.client().get("/api/v1/cluster").await.unwrap()["id"].clone();
+    assert_ne!(cluster, other_cluster);
+
+    // B comes back on the same LAN; A's worker reboots and rejoins A, not B
+    w.stop();
+    let mut b = Agent::bare(root.path(), "other", 0, &[]);
+    b.wait_ready(1).await;
+    w.restart();
+    let w_id = w.node_id();
+    wait_until_async(
+        "the worker is back in its cluster",
+        Duration::from_secs(30),
+        || async {
+            let alive = alive_nodes(&orch).await;
+            alive.iter().any(|n| n["id"] == json!(w_id)).then_some(())
+        },
+    )
+    .await;
+    let membership = std::fs::read_to_string(w.data_dir().join("membership.json")).unwrap();
+    let membership: Value = serde_json::from_str(&membership).unwrap();
+    assert_eq!(membership["cluster"], cluster);
+    wait_until(
+        "the worker says why it ignores B",
+        Duration::from_secs(20),
+        || {
+            w.log()
+                .contains("ignoring the orchestrator of another cluster")
+                .then_some(())
+        },
+    );
+    let b_nodes = b.client().get("/api/v1/nodes").await.unwrap();
+    assert_eq!(
+        b_nodes.as_array().unwrap().len(),
+        1,
+        "B admitted no one: {b_nodes}"
+    );
+    b.stop();
+}
+
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
