@@ -380,7 +380,7 @@ async fn run_orchestrator(
     }
 
     let state = ApiState {
-        schema: Some(api::graphql::schema(orch.clone())),
+        schema: Some(api::graphql::schema(orch.clone(), discovery.clone())),
         orch: Some(orch.clone()),
         operator_token: Some(secrets.operator_token.clone()),
         public_reads: config.api.public_reads,

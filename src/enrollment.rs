@@ -74,7 +74,8 @@ impl Enrollment {
         let s = self.lock();
         let until = s.open_until?;
         let left = until.checked_duration_since(Instant::now())?;
-        Some(left.as_secs().max(1))
+        // rounded up: a window just opened for 60 s has 60 s left
+        Some(left.as_millis().div_ceil(1000) as u64)
     }
 
     /// Decides on a device: admitted inside the window or once approved; pending otherwise.

@@ -77,8 +77,10 @@ enum Command {
         #[arg(long)]
         operator: bool,
     },
-    /// List the cluster's nodes.
+    /// List the cluster's nodes and the devices waiting for approval; approve devices.
     Nodes {
+        #[command(subcommand)]
+        command: Option<NodesCommand>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -91,6 +93,17 @@ enum Command {
     Netkan {
         #[command(subcommand)]
         command: NetkanCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// Admit a device that is waiting for approval.
+    Approve { id: String },
+    /// Admit new devices by themselves for a while (0 closes the window).
+    Enroll {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
     },
 }
 
@@ -299,7 +312,33 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             })?;
             println!("{}", token.trim());
         }
-        Command::Nodes { api } => {
+        Command::Nodes {
+            command: Some(NodesCommand::Approve { id }),
+            api,
+        } => {
+            let device = api
+                .client()
+                .post(&format!("/api/v1/nodes/{id}/approve"), &json!({}))
+                .await?;
+            println!(
+                "approved {id} ({}); it joins at its next try",
+                device["name"].as_str().unwrap_or_default()
+            );
+        }
+        Command::Nodes {
+            command: Some(NodesCommand::Enroll { seconds }),
+            api,
+        } => {
+            let e = api
+                .client()
+                .post("/api/v1/enrollment", &json!({ "seconds": seconds }))
+                .await?;
+            match e["remaining_secs"].as_u64() {
+                Some(left) => println!("new devices are admitted by themselves for {left} s"),
+                None => println!("enrollment closed: new devices wait for approval"),
+            }
+        }
+        Command::Nodes { command: None, api } => {
             let nodes = api.client().get("/api/v1/nodes").await?;
             println!(
                 "{:<14} {:<16} {:<13} {:<6} {:>5} {:>7} {:>6} {:>9}",
@@ -330,6 +369,25 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         .map(|v| v.to_string())
                         .unwrap_or_default(),
                 );
+            }
+            let e = api.client().get("/api/v1/enrollment").await?;
+            let pending = e["pending"].as_array().cloned().unwrap_or_default();
+            if !pending.is_empty() {
+                println!("\nwaiting for approval (`kraken nodes approve ID`):");
+                for p in pending {
+                    println!(
+                        "{:<14} {:<16} {}",
+                        p["node_id"].as_str().unwrap_or_default(),
+                        p["name"].as_str().unwrap_or_default(),
+                        p["address"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            match e["remaining_secs"].as_u64() {
+                Some(left) => println!(
+                    "\nenrollment open: new devices are admitted by themselves for {left} s"
+                ),
+                None => println!("\nenrollment closed (`kraken nodes enroll` reopens it)"),
             }
         }
         Command::Job { command } => return job_command(command).await,

@@ -66,6 +66,26 @@ async fn agents_started_together_without_flags_form_one_cluster() {
         assert_eq!(d["cluster"], cluster["id"], "{d}");
     }
     assert_eq!(cluster["enrollment_open"], true);
+    let gql = orch
+        .client()
+        .graphql(
+            "{ cluster { id enrollmentOpen devices { node role cluster addresses apiPort } pendingNodes { nodeId } } }",
+            json!({}),
+        )
+        .await
+        .unwrap();
+    let view = &gql["cluster"];
+    assert_eq!(view["devices"].as_array().unwrap().len(), 4, "{view}");
+    assert_eq!(view["pendingNodes"], json!([]));
+    let me = view["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["node"] == json!(lowest))
+        .unwrap();
+    assert_eq!(me["role"], "ORCHESTRATOR");
+    assert_eq!(me["addresses"], json!(["127.0.0.1"]));
+    assert_eq!(me["apiPort"], orch.api_port);
 
     // jobs run on the formed cluster
     let client = orch.client();
@@ -149,10 +169,24 @@ async fn outside_the_enrollment_window_a_device_waits_for_approval() {
         .to_string();
     assert!(err.contains("no device nnotpending is waiting"), "{err}");
 
-    client
-        .post(&format!("/api/v1/nodes/{id}/approve"), &json!({}))
-        .await
-        .unwrap();
+    // the operator sees the device and approves it from the CLI
+    let kraken = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kraken"))
+            .arg("nodes")
+            .args(["--api", &orch.url(), "--token", &orch.operator_token()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listing = kraken(&[]);
+    assert!(
+        listing.contains("waiting for approval") && listing.contains(&id),
+        "{listing}"
+    );
+    assert!(listing.contains("enrollment closed"), "{listing}");
+    assert!(kraken(&["approve", &id]).contains(&format!("approved {id}")));
     wait_until_async(
         "the approved device joined",
         Duration::from_secs(30),
@@ -163,10 +197,7 @@ async fn outside_the_enrollment_window_a_device_waits_for_approval() {
     assert_eq!(e["pending"], json!([]));
 
     // reopening the window admits the next device by itself
-    client
-        .post("/api/v1/enrollment", &json!({"seconds": 60}))
-        .await
-        .unwrap();
+    assert!(kraken(&["enroll", "--seconds", "60"]).contains("for 60 s"));
     let _next = Agent::bare(root.path(), "nextpi", 1, &[]);
     wait_until_async(
         "the next device joined",

@@ -1,6 +1,7 @@
 //! The GraphQL schema: queries over nodes and jobs, the `enqueueJob`, `enqueueInflate` and
 //! `cancelJob` mutations (operator token), and the `jobEvents` subscription.
 
+use crate::discovery::{Discovery, Role};
 use crate::orchestrator::{JobNotice, JobRequest, Orchestrator};
 use crate::store::{Attempt, Isolation, JobRecord, JobState, LogLine, NodeRecord, NodeStats};
 use async_graphql::{Context, Error, Json, Object, Schema, SimpleObject, Subscription, ID};
@@ -16,9 +17,10 @@ pub struct Auth {
     pub operator: bool,
 }
 
-pub fn schema(orch: Arc<Orchestrator>) -> KrakenSchema {
+pub fn schema(orch: Arc<Orchestrator>, discovery: Option<Arc<Discovery>>) -> KrakenSchema {
     Schema::build(Query, Mutation, Subscription)
         .data(orch)
+        .data(discovery)
         .limit_depth(12)
         .limit_complexity(5000)
         .finish()
@@ -119,11 +121,30 @@ impl Query {
     async fn cluster(&self, ctx: &Context<'_>) -> Result<ClusterView, Error> {
         require_read(ctx)?;
         let o = orch(ctx);
+        let devices = ctx
+            .data_opt::<Option<Arc<Discovery>>>()
+            .and_then(|d| d.as_ref())
+            .map(|d| d.devices())
+            .unwrap_or_default();
         Ok(ClusterView {
             id: o.secrets().cluster_id.clone(),
             orchestrator: o.self_id().to_owned(),
             version: crate::VERSION.to_owned(),
             queued_jobs: o.queued_count() as i32,
+            enrollment_open: o.enrollment.remaining().is_some(),
+            enrollment_remaining_secs: o.enrollment.remaining().map(|s| s as i32),
+            devices: devices.into_iter().map(DeviceView::from).collect(),
+            pending_nodes: o
+                .enrollment
+                .pending()
+                .into_iter()
+                .map(|p| PendingView {
+                    node_id: p.node_id,
+                    name: p.name,
+                    address: p.address,
+                    since: p.since as f64,
+                })
+                .collect(),
         })
     }
 }
@@ -134,6 +155,48 @@ pub struct ClusterView {
     orchestrator: String,
     version: String,
     queued_jobs: i32,
+    /// Whether new devices are admitted without approval right now.
+    enrollment_open: bool,
+    enrollment_remaining_secs: Option<i32>,
+    /// Every Kraken device in view over mDNS, joined or not.
+    devices: Vec<DeviceView>,
+    /// Devices waiting for an operator's approval.
+    pending_nodes: Vec<PendingView>,
+}
+
+#[derive(SimpleObject)]
+pub struct DeviceView {
+    node: String,
+    /// Its cluster; empty while it has none.
+    cluster: String,
+    role: Role,
+    term: i32,
+    api_port: i32,
+    version: String,
+    addresses: Vec<String>,
+}
+
+impl From<crate::discovery::Device> for DeviceView {
+    fn from(d: crate::discovery::Device) -> Self {
+        Self {
+            node: d.advert.node,
+            cluster: d.advert.cluster,
+            role: d.advert.role,
+            term: d.advert.term.min(i32::MAX as u64) as i32,
+            api_port: d.advert.api_port as i32,
+            version: d.advert.version,
+            addresses: d.addresses.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct PendingView {
+    node_id: String,
+    name: String,
+    address: String,
+    /// When it first asked, ms since the epoch.
+    since: f64,
 }
 
 pub struct Mutation;
@@ -178,6 +241,28 @@ impl Mutation {
         require_operator(ctx)?;
         let jobs = orch(ctx).enqueue_inflate(&identifiers, priority).await?;
         Ok(jobs.into_iter().map(JobView).collect())
+    }
+
+    /// Admits a device that is waiting for approval.
+    async fn approve_node(&self, ctx: &Context<'_>, id: String) -> Result<bool, Error> {
+        require_operator(ctx)?;
+        orch(ctx)
+            .enrollment
+            .approve(&id)
+            .map_err(|e| Error::new(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Admits new devices by themselves for `seconds` (0 closes the window); returns the
+    /// seconds left.
+    async fn open_enrollment(&self, ctx: &Context<'_>, seconds: i32) -> Result<i32, Error> {
+        require_operator(ctx)?;
+        if !(0..=7 * 24 * 3600).contains(&seconds) {
+            return Err(Error::new("seconds must be between 0 and 604800"));
+        }
+        let e = &orch(ctx).enrollment;
+        e.open(seconds as u64);
+        Ok(e.remaining().unwrap_or(0) as i32)
     }
 
     async fn cancel_job(&self, ctx: &Context<'_>, id: ID) -> Result<JobView, Error> {
