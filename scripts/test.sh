@@ -7,6 +7,25 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ]; then
     scripts/services.sh
+    # Test-only tools: a third-party mDNS stack (avahi) and the D-Bus it talks over, for
+    # the LAN tests, which start their own inside a test namespace. The packages' own
+    # services are kept from starting: an avahi on the real interface is not ours to run.
+    need=()
+    command -v avahi-browse >/dev/null || need+=(avahi-utils)
+    command -v avahi-daemon >/dev/null || need+=(avahi-daemon)
+    command -v dbus-daemon >/dev/null || need+=(dbus)
+    if ((${#need[@]})); then
+        echo "installing ${need[*]}"
+        made_policy=
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            made_policy=1
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    fi
 elif [ "${CI:-}" = true ]; then
     echo "scripts/test.sh must run as root under CI (it installs and starts dockerd and RabbitMQ)" >&2
     exit 1

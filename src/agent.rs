@@ -525,12 +525,17 @@ fn advertise_address(config: &Config) -> String {
     if !config.api.advertise.is_empty() {
         return config.api.advertise.clone();
     }
-    // the address of the interface that routes outwards; no packet is sent
+    // the address of the interface that routes outwards (no packet is sent); on a LAN
+    // without a default route, the first LAN address
     std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| {
             s.connect("192.0.2.1:9")?;
             s.local_addr()
         })
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|_| "127.0.0.1".into())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback())
+        .or_else(|| crate::discovery::lan_addresses().into_iter().next())
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into())
 }

@@ -163,7 +163,13 @@ impl Discovery {
     ) -> Result<Arc<Self>, DiscoveryError> {
         let daemon = ServiceDaemon::new_with_port(config.port)?;
         let kinds = interfaces(&config.interfaces);
-        if !kinds.is_empty() {
+        if kinds.is_empty() {
+            // every LAN interface, but not loopback nor the bridges and veths of containers:
+            // an address there means nothing to another device
+            let mut skip = vec![IfKind::LoopbackV4, IfKind::LoopbackV6];
+            skip.extend(virtual_interfaces().into_iter().map(IfKind::Name));
+            daemon.disable_interface(skip)?;
+        } else {
             daemon.disable_interface(IfKind::All)?;
             daemon.enable_interface(kinds)?;
         }
@@ -332,6 +338,39 @@ impl Discovery {
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+}
+
+/// Prefixes of the names of interfaces made by container runtimes and VMs.
+const VIRTUAL_PREFIXES: [&str; 8] = [
+    "docker", "br-", "veth", "virbr", "cni", "flannel", "podman", "vnet",
+];
+
+/// This host's addresses on its LAN interfaces (not loopback, not container bridges),
+/// IPv4 first.
+pub fn lan_addresses() -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback())
+        .filter(|i| !VIRTUAL_PREFIXES.iter().any(|p| i.name.starts_with(p)))
+        .map(|i| i.ip())
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .collect();
+    v.sort_by_key(|a| (a.is_ipv6(), *a));
+    v
+}
+
+/// This host's interfaces that only container runtimes or VMs use.
+fn virtual_interfaces() -> Vec<String> {
+    let mut names: Vec<String> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.name)
+        .filter(|n| VIRTUAL_PREFIXES.iter().any(|p| n.starts_with(p)))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The interfaces `discovery.interfaces` names; empty for all of them.

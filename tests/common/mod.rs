@@ -2,6 +2,8 @@
 //! its own data dir and ports, on loopback; a real dockerd and real `rabbitmq-server`s.
 #![allow(dead_code)]
 
+pub mod lan;
+
 use kraken::client::Client;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -75,6 +77,9 @@ pub struct Agent {
     args: Vec<String>,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// The network namespace it runs in (a host of a test LAN), and its address there.
+    netns: Option<String>,
+    host: String,
 }
 
 impl Agent {
@@ -84,14 +89,24 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kraken"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_kraken")]);
+                c
+            }
+            None => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_kraken"));
+                // mDNS stays on loopback, on a port of this test's own
+                c.env("KRAKEN_DISCOVERY_INTERFACES", "lo")
+                    .env("KRAKEN_DISCOVERY_PORT", mdns_port().to_string());
+                c
+            }
+        };
         cmd.arg("agent")
             .args(&self.args)
             .env("RUST_LOG", "info,rocket=error,lapin=off,mdns_sd=off")
             .env_remove("KRAKEN_API_URL")
-            // mDNS stays on loopback, on a port of this test's own
-            .env("KRAKEN_DISCOVERY_INTERFACES", "lo")
-            .env("KRAKEN_DISCOVERY_PORT", mdns_port().to_string())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         for (k, v) in &self.env {
@@ -134,6 +149,39 @@ impl Agent {
             api_port,
             amqp_port,
             child: None,
+            netns: None,
+            host: "127.0.0.1".into(),
+        };
+        a.spawn();
+        a
+    }
+
+    /// Starts an agent with no flags on host `i` of a test LAN: the defaults of a real
+    /// device (mDNS on every interface at 5353, API on 8080, AMQP on 5672).
+    pub fn on_lan(lan: &lan::Lan, i: usize, slots: u32, env: &[(&str, &str)]) -> Agent {
+        let name = format!("host{i}");
+        let dir = lan.root().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut a = Agent {
+            name: name.clone(),
+            args: vec![
+                "--data-dir".into(),
+                dir.join("data").display().to_string(),
+                "--slots".into(),
+                slots.to_string(),
+                "--name".into(),
+                name,
+            ],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            dir,
+            api_port: 8080,
+            amqp_port: 5672,
+            child: None,
+            netns: Some(lan.netns(i)),
+            host: lan.ip(i),
         };
         a.spawn();
         a
@@ -179,13 +227,15 @@ impl Agent {
             api_port,
             amqp_port: 0,
             child: None,
+            netns: None,
+            host: "127.0.0.1".into(),
         };
         a.spawn();
         a
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        format!("http://{}:{}", self.host, self.api_port)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -311,12 +361,17 @@ impl Drop for Agent {
         self.stop();
         if self.amqp_port != 0 {
             // a broker orphaned by a kill -9 of its agent
-            let _ = Command::new("rabbitmqctl")
-                .args([
-                    "-n",
-                    &format!("kraken-{}@localhost", self.amqp_port),
-                    "stop",
-                ])
+            let node = format!("kraken-{}@localhost", self.amqp_port);
+            let mut cmd = match &self.netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, "rabbitmqctl"]);
+                    c
+                }
+                None => Command::new("rabbitmqctl"),
+            };
+            let _ = cmd
+                .args(["-n", &node, "stop"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

@@ -1,0 +1,103 @@
+//! The cluster on a test LAN of network namespaces (real veths, a real bridge, real
+//! multicast): agents with no flags on three hosts form one cluster at their LAN addresses,
+//! and a third-party mDNS stack (avahi) on a fourth host sees every one of them.
+
+mod common;
+
+use common::lan::Lan;
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_without_flags_form_one_cluster_that_avahi_sees() {
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let mut lan = Lan::new(4);
+    let agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 1, &[])).collect();
+    let lead = wait_until(
+        "one host founded the cluster",
+        Duration::from_secs(30),
+        || {
+            let leading: Vec<usize> = (0..3).filter(|&i| agents[i].leads()).collect();
+            (leading.len() == 1).then(|| leading[0])
+        },
+    );
+    let orch = &agents[lead];
+    orch.wait_ready(3).await;
+
+    // every node is known at its LAN address, never a loopback or container one
+    let nodes = orch.client().get("/api/v1/nodes").await.unwrap();
+    let mut addresses: Vec<String> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["address"].as_str().unwrap().to_owned())
+        .collect();
+    addresses.sort();
+    assert_eq!(addresses, vec![lan.ip(0), lan.ip(1), lan.ip(2)], "{nodes}");
+    let cluster = orch.client().get("/api/v1/cluster").await.unwrap();
+    let devices = cluster["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 3, "{cluster}");
+    for d in devices {
+        let addrs: Vec<&str> = d["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        // IPv4 first (the API is reached there); IPv6 only link-local; no loopback
+        assert!(addresses.contains(&addrs[0].to_string()), "{d}");
+        assert!(addrs[1..].iter().all(|a| a.starts_with("fe80:")), "{d}");
+    }
+
+    // a job runs on the LAN cluster
+    let client = orch.client();
+    let id = enqueue(&client, "echo", json!({"message": "lan"}), "").await;
+    assert_eq!(
+        wait_final(&client, &[id], Duration::from_secs(60)).await[0]["state"],
+        "SUCCEEDED"
+    );
+
+    // avahi-browse on the fourth host lists the three agents with their TXT records
+    let bus = lan.start_avahi(3);
+    let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
+    let cluster_id = cluster["id"].as_str().unwrap().to_owned();
+    let seen = wait_until(
+        "avahi-browse sees every agent",
+        Duration::from_secs(30),
+        || {
+            let out = lan
+                .command(3, "avahi-browse")
+                .args(["-rtp", "_kraken._tcp"])
+                .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let resolved: Vec<&str> = text.lines().filter(|l| l.starts_with("=;")).collect();
+            ids.iter()
+                .all(|id| resolved.iter().any(|l| l.contains(&format!(";{id};"))))
+                .then_some(resolved.join("\n"))
+        },
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let line = seen
+            .lines()
+            .find(|l| l.contains(&format!(";{id};")))
+            .unwrap();
+        // =;eth0;IPv4;<instance>;_kraken._tcp;local;<host>;<address>;<port>;"k=v" …
+        let fields: Vec<&str> = line.splitn(10, ';').collect();
+        assert_eq!(fields[7], lan.ip(i), "{line}");
+        assert_eq!(fields[8], "8080", "{line}");
+        let role = if i == lead { "orchestrator" } else { "worker" };
+        for txt in [
+            format!("\"role={role}\""),
+            format!("\"cluster={cluster_id}\""),
+            format!("\"node={id}\""),
+            "\"api=8080\"".to_string(),
+        ] {
+            assert!(fields[9].contains(&txt), "{txt} in {line}");
+        }
+    }
+}
