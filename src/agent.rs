@@ -392,6 +392,7 @@ async fn run_orchestrator(
     worker.start(
         BrokerAccess {
             url: orch.amqp_url(node_id),
+            locate: None,
         },
         shutdown.child_token(),
         tasks,
@@ -493,7 +494,17 @@ async fn run_worker(
         None => config.broker.url.clone(),
     };
     let worker = Worker::new(worker_settings(config, node_id), runtime);
-    worker.start(BrokerAccess { url }, shutdown.child_token(), tasks);
+    // the orchestrator is found again by its cluster when its address changes
+    let locate = discovery.clone().map(|d| {
+        let cluster = joined.cluster_id.clone();
+        Arc::new(move || {
+            d.orchestrators(Some(&cluster))
+                .first()
+                .and_then(|o| o.addresses.first())
+                .map(|ip| ip.to_string())
+        }) as crate::worker::Locate
+    });
+    worker.start(BrokerAccess { url, locate }, shutdown.child_token(), tasks);
     Ok(())
 }
 

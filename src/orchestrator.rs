@@ -397,11 +397,13 @@ impl Orchestrator {
     }
 
     /// Queues `inflate` jobs for mods of the configured NetKAN repository, in batches of
-    /// `netkan.inflate_batch`; every mod must exist and not be frozen, or nothing is queued.
+    /// `batch` mods (`netkan.inflate_batch` by default); every mod must exist and not be
+    /// frozen, or nothing is queued.
     pub async fn enqueue_inflate(
         &self,
         identifiers: &[String],
         priority: i32,
+        batch: Option<usize>,
     ) -> Result<Vec<JobRecord>, OrchestratorError> {
         let n = &self.config.netkan;
         if n.repo_dir.is_empty() {
@@ -420,7 +422,16 @@ impl Orchestrator {
         let mods = repo
             .read(identifiers)
             .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
-        let batch = n.inflate_batch as usize;
+        let max = crate::jobs::inflate::MAX_MODS;
+        let batch = match batch {
+            Some(b) if !(1..=max).contains(&b) => {
+                return Err(OrchestratorError::Invalid(format!(
+                    "batch must be between 1 and {max}, got {b}"
+                )))
+            }
+            Some(b) => b,
+            None => n.inflate_batch as usize,
+        };
         // a mod may take a while to download; the batch's limit grows with its size
         let timeout = self
             .config

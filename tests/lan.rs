@@ -101,3 +101,82 @@ async fn three_hosts_without_flags_form_one_cluster_that_avahi_sees() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries_on() {
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let mut agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 1, &[])).collect();
+    let lead = wait_until(
+        "one host founded the cluster",
+        Duration::from_secs(30),
+        || {
+            let leading: Vec<usize> = (0..3).filter(|&i| agents[i].leads()).collect();
+            (leading.len() == 1).then(|| leading[0])
+        },
+    );
+    agents[lead].wait_ready(3).await;
+    let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
+
+    // the orchestrator's lease changes under the running cluster
+    let new_ip = lan.readdress(lead, 200);
+    agents[lead].set_host(&new_ip);
+    let worker = (lead + 1) % 3;
+    let orch = &agents[lead];
+    let client = orch.client();
+    let all_alive = || async {
+        let nodes = client.get("/api/v1/nodes").await.ok()?;
+        let alive: Vec<String> = nodes
+            .as_array()?
+            .iter()
+            .filter(|n| n["alive"] == json!(true))
+            .map(|n| n["id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        ids.iter().all(|id| alive.contains(id)).then_some(())
+    };
+    wait_until_async(
+        "the workers follow the orchestrator",
+        Duration::from_secs(60),
+        || async {
+            let moved = agents[worker]
+                .log()
+                .contains("the orchestrator has a new address");
+            if moved {
+                all_alive().await
+            } else {
+                None
+            }
+        },
+    )
+    .await;
+    // work still reaches every worker: enough jobs that each node gets some
+    let mut jobs = Vec::new();
+    for i in 0..6 {
+        jobs.push(enqueue(&client, "sleep", json!({"ms": 1500 + i}), "").await);
+    }
+    let done = wait_final(&client, &jobs, Duration::from_secs(120)).await;
+    assert!(done.iter().all(|j| j["state"] == "SUCCEEDED"), "{done:?}");
+
+    // a worker's lease changes: it reconnects from its new address
+    lan.readdress(worker, 201);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until_async(
+        "the re-addressed worker is back",
+        Duration::from_secs(60),
+        all_alive,
+    )
+    .await;
+    let id = enqueue(&client, "echo", json!({"message": "still here"}), "").await;
+    assert_eq!(
+        wait_final(&client, &[id], Duration::from_secs(60)).await[0]["state"],
+        "SUCCEEDED"
+    );
+    let nodes = client.get("/api/v1/nodes").await.unwrap();
+    assert_eq!(
+        nodes.as_array().unwrap().len(),
+        3,
+        "the same three nodes: {nodes}"
+    );
+}

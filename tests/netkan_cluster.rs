@@ -195,15 +195,31 @@ async fn enqueue_inflate_runs_batches_in_containers_with_a_shared_cache() {
         cache.display()
     );
 
-    // again: every download comes from the cache, in new containers
+    // again, all ten in one job: every download comes from the cache, in a new container
+    let err = client
+        .graphql(
+            "mutation($ids: [String!]!) { enqueueInflate(identifiers: $ids, batch: 0) { id } }",
+            json!({"ids": good}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("batch must be between 1 and 200"), "{err}");
     let before = downloads(&up);
-    let data = client.graphql(ENQUEUE, json!({"ids": good})).await.unwrap();
+    let data = client
+        .graphql(
+            "mutation($ids: [String!]!) { enqueueInflate(identifiers: $ids, batch: 10) { id } }",
+            json!({"ids": good}),
+        )
+        .await
+        .unwrap();
     let again: Vec<String> = data["enqueueInflate"]
         .as_array()
         .unwrap()
         .iter()
         .map(|j| j["id"].as_str().unwrap().to_owned())
         .collect();
+    assert_eq!(again.len(), 1);
     let done = wait_final(&client, &again, Duration::from_secs(120)).await;
     assert!(outcomes(&done).iter().all(|o| o["Success"] == true));
     assert_eq!(downloads(&up), before, "a warm cache downloads nothing");

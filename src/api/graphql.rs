@@ -230,16 +230,20 @@ impl Mutation {
     }
 
     /// Queues `inflate` jobs for mods of the configured NetKAN repository (batched, one
-    /// job per `netkan.inflate_batch` mods); returns the jobs. Each job's result holds one
+    /// job per `batch` mods, `netkan.inflate_batch` by default); returns the jobs. Each job's result holds one
     /// NetKAN outcome per mod.
     async fn enqueue_inflate(
         &self,
         ctx: &Context<'_>,
         identifiers: Vec<String>,
         #[graphql(default = 0)] priority: i32,
+        batch: Option<i32>,
     ) -> Result<Vec<JobView>, Error> {
         require_operator(ctx)?;
-        let jobs = orch(ctx).enqueue_inflate(&identifiers, priority).await?;
+        let batch = non_negative("batch", batch)?.map(|b| b as usize);
+        let jobs = orch(ctx)
+            .enqueue_inflate(&identifiers, priority, batch)
+            .await?;
         Ok(jobs.into_iter().map(JobView).collect())
     }
 

@@ -37,7 +37,13 @@ pub enum BrokerError {
     Encode(#[from] serde_json::Error),
     #[error("rabbitmq-server: {0}")]
     Server(String),
+    #[error("no answer from the broker within {0} s")]
+    Timeout(u64),
 }
+
+/// Longest wait for the broker to take a message; a connection to a peer that vanished can
+/// leave a confirm unanswered, and the sender must not wait on it forever.
+const CONFIRM_TIMEOUT_SECS: u64 = 15;
 
 /// The queue a node's work requests arrive on.
 pub fn work_queue(node: &str) -> String {
@@ -55,20 +61,30 @@ pub struct Broker {
 /// is 1 MiB, and bigger messages simply travel in more frames.
 const FRAME_MAX: u32 = 16 * 1024;
 
-/// `url` with our `frame_max`, unless it names one itself.
-fn with_frame_max(url: &str) -> String {
-    if url.contains("frame_max=") {
-        return url.to_owned();
+/// AMQP heartbeat, seconds: a connection to a peer that vanished (a pulled cable, a new
+/// address) is noticed within two of them.
+const HEARTBEAT_SECS: u16 = 5;
+
+/// `url` with our `frame_max` and `heartbeat`, unless it names them itself.
+fn with_tuning(url: &str) -> String {
+    let mut url = url.to_owned();
+    for (key, value) in [
+        ("frame_max", FRAME_MAX.to_string()),
+        ("heartbeat", HEARTBEAT_SECS.to_string()),
+    ] {
+        if !url.contains(&format!("{key}=")) {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url = format!("{url}{sep}{key}={value}");
+        }
     }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}frame_max={FRAME_MAX}")
+    url
 }
 
 impl Broker {
     /// Connects to `url` (`amqp://user:pass@host:port/vhost`).
     pub async fn connect(url: &str, name: &str) -> Result<Self, BrokerError> {
         let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
-        let conn = Connection::connect(&with_frame_max(url), props).await?;
+        let conn = Connection::connect(&with_tuning(url), props).await?;
         let publish = conn.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
@@ -80,8 +96,14 @@ impl Broker {
         self.conn.status().connected()
     }
 
+    /// Closes the connection politely; a peer that no longer answers (gone, or at another
+    /// address now) is not waited for.
     pub async fn close(&self) {
-        let _ = self.conn.close(200, "bye".into()).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            self.conn.close(200, "bye".into()),
+        )
+        .await;
     }
 
     /// Declares the cluster-wide exchanges and queues (orchestrator only).
@@ -189,16 +211,17 @@ impl Broker {
             props = props.with_delivery_mode(2);
         }
         let key = routing_key.unwrap_or(T::QUEUE);
-        let confirm = self
-            .publish
-            .basic_publish(
-                T::EXCHANGE.into(),
-                key.into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await?;
+        let publishing = self.publish.basic_publish(
+            T::EXCHANGE.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        );
+        let wait = std::time::Duration::from_secs(CONFIRM_TIMEOUT_SECS);
+        let confirm = tokio::time::timeout(wait, publishing)
+            .await
+            .map_err(|_| BrokerError::Timeout(CONFIRM_TIMEOUT_SECS))??;
         Ok(Pending {
             confirm,
             queue: key.to_owned(),
@@ -276,7 +299,11 @@ pub struct Pending {
 impl Pending {
     /// Waits until the broker has taken the message (or refused it).
     pub async fn confirmed(self) -> Result<(), BrokerError> {
-        if self.confirm.await?.is_nack() {
+        let wait = std::time::Duration::from_secs(CONFIRM_TIMEOUT_SECS);
+        let confirm = tokio::time::timeout(wait, self.confirm)
+            .await
+            .map_err(|_| BrokerError::Timeout(CONFIRM_TIMEOUT_SECS))?;
+        if confirm?.is_nack() {
             return Err(BrokerError::Nacked { queue: self.queue });
         }
         Ok(())
@@ -365,18 +392,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frame_max_is_asked_for_unless_given() {
+    fn frame_max_and_heartbeat_are_asked_for_unless_given() {
         assert_eq!(
-            with_frame_max("amqp://u:p@h:5672/%2Fv"),
-            "amqp://u:p@h:5672/%2Fv?frame_max=16384"
+            with_tuning("amqp://u:p@h:5672/%2Fv"),
+            "amqp://u:p@h:5672/%2Fv?frame_max=16384&heartbeat=5"
         );
         assert_eq!(
-            with_frame_max("amqp://h/v?heartbeat=10"),
+            with_tuning("amqp://h/v?heartbeat=10"),
             "amqp://h/v?heartbeat=10&frame_max=16384"
         );
         assert_eq!(
-            with_frame_max("amqp://h/v?frame_max=4096"),
-            "amqp://h/v?frame_max=4096"
+            with_tuning("amqp://h/v?frame_max=4096"),
+            "amqp://h/v?frame_max=4096&heartbeat=5"
         );
     }
 }

@@ -149,6 +149,28 @@ impl Lan {
         c
     }
 
+    /// Gives host `i` a new address (a new DHCP lease), returning it.
+    pub fn readdress(&self, i: usize, last_octet: u8) -> String {
+        let ns = self.netns(i);
+        let ip = format!("{}.{last_octet}", self.subnet);
+        must(&[
+            "ip", "netns", "exec", &ns, "ip", "addr", "flush", "dev", "eth0",
+        ]);
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip
+    }
+
     /// Cuts host `i` off the LAN (its cable pulled).
     pub fn cut(&self, i: usize) {
         must(&["ip", "link", "set", &self.veth(i), "down"]);

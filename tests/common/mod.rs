@@ -187,6 +187,11 @@ impl Agent {
         a
     }
 
+    /// The address its API is reached at, after the host got a new one.
+    pub fn set_host(&mut self, ip: &str) {
+        self.host = ip.to_owned();
+    }
+
     /// Whether this agent holds a cluster's secrets (it founded or leads one).
     pub fn leads(&self) -> bool {
         self.data_dir().join("operator-token").exists()
