@@ -278,7 +278,7 @@ impl Default for NetkanConfig {
             cache_max_mb: 2048,
             rewrite: String::new(),
             repo_dir: String::new(),
-            inflate_batch: 8,
+            inflate_batch: 32,
             game_id: "KSP".into(),
         }
     }
