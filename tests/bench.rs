@@ -283,12 +283,7 @@ async fn inflate_benchmark(out: &mut String) {
                 )
                 .await
                 .unwrap();
-            let jobs: Vec<String> = data["enqueueInflate"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["id"].as_str().unwrap().to_owned())
-                .collect();
+            let jobs: Vec<String> = job_ids(&data, "enqueueInflate");
             let expected = jobs.len() + already;
             wait_until_async("the inflate jobs finish", Duration::from_secs(1200), || {
                 let url = url.clone();

@@ -9,18 +9,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Waits until exactly one of `agents` leads, and returns its index.
-fn leader(agents: &[Agent]) -> usize {
-    wait_until(
-        "one agent founded the cluster",
-        Duration::from_secs(30),
-        || {
-            let leading: Vec<usize> = (0..agents.len()).filter(|&i| agents[i].leads()).collect();
-            (leading.len() == 1).then(|| leading[0])
-        },
-    )
-}
-
 async fn alive_nodes(orch: &Agent) -> Vec<Value> {
     let nodes = orch.client().get("/api/v1/nodes").await.unwrap();
     nodes
@@ -42,7 +30,7 @@ async fn agents_started_together_without_flags_form_one_cluster() {
         .iter()
         .map(|name| Agent::bare(root.path(), name, 1, &[]))
         .collect();
-    let lead = leader(&agents);
+    let lead = wait_for_leader(&agents);
     let orch = &agents[lead];
     orch.wait_ready(4).await;
     // still one leader once everyone settled

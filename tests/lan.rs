@@ -16,14 +16,7 @@ async fn three_hosts_without_flags_form_one_cluster_that_avahi_sees() {
     }
     let mut lan = Lan::new(4);
     let agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 1, &[])).collect();
-    let lead = wait_until(
-        "one host founded the cluster",
-        Duration::from_secs(30),
-        || {
-            let leading: Vec<usize> = (0..3).filter(|&i| agents[i].leads()).collect();
-            (leading.len() == 1).then(|| leading[0])
-        },
-    );
+    let lead = wait_for_leader(&agents);
     let orch = &agents[lead];
     orch.wait_ready(3).await;
 
@@ -109,14 +102,7 @@ async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries
     }
     let lan = Lan::new(3);
     let mut agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 1, &[])).collect();
-    let lead = wait_until(
-        "one host founded the cluster",
-        Duration::from_secs(30),
-        || {
-            let leading: Vec<usize> = (0..3).filter(|&i| agents[i].leads()).collect();
-            (leading.len() == 1).then(|| leading[0])
-        },
-    );
+    let lead = wait_for_leader(&agents);
     agents[lead].wait_ready(3).await;
     let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
 

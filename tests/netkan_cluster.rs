@@ -122,12 +122,7 @@ async fn enqueue_inflate_runs_batches_in_containers_with_a_shared_cache() {
     let mut ids: Vec<String> = good.clone();
     ids.extend(["Gone".to_string(), "NotZip".to_string()]);
     let data = client.graphql(ENQUEUE, json!({"ids": ids})).await.unwrap();
-    let jobs: Vec<String> = data["enqueueInflate"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_owned())
-        .collect();
+    let jobs: Vec<String> = job_ids(&data, "enqueueInflate");
     assert_eq!(jobs.len(), 3);
     let done = wait_final(&client, &jobs, Duration::from_secs(180)).await;
     for j in &done {
@@ -213,12 +208,7 @@ async fn enqueue_inflate_runs_batches_in_containers_with_a_shared_cache() {
         )
         .await
         .unwrap();
-    let again: Vec<String> = data["enqueueInflate"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_owned())
-        .collect();
+    let again: Vec<String> = job_ids(&data, "enqueueInflate");
     assert_eq!(again.len(), 1);
     let done = wait_final(&client, &again, Duration::from_secs(120)).await;
     assert!(outcomes(&done).iter().all(|o| o["Success"] == true));

@@ -436,6 +436,28 @@ pub async fn enqueue(client: &Client, kind: &str, spec: Value, extra: &str) -> S
     data["enqueueJob"]["id"].as_str().unwrap().to_owned()
 }
 
+/// The ids of the jobs a GraphQL mutation answered with in `field`.
+pub fn job_ids(data: &Value, field: &str) -> Vec<String> {
+    data[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no list `{field}` in {data}"))
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until exactly one of `agents` leads a cluster, and returns its index.
+pub fn wait_for_leader(agents: &[Agent]) -> usize {
+    wait_until(
+        "one agent founded the cluster",
+        Duration::from_secs(30),
+        || {
+            let leading: Vec<usize> = (0..agents.len()).filter(|&i| agents[i].leads()).collect();
+            (leading.len() == 1).then(|| leading[0])
+        },
+    )
+}
+
 /// A job through GraphQL.
 pub async fn job(client: &Client, id: &str) -> Value {
     let q = "query($id: ID!) { job(id: $id) { id kind state attempt node error result exitCode log { text stream } attempts { number node outcome } } }";
