@@ -205,37 +205,49 @@ async fn form(
 ) -> Result<Decision, AgentError> {
     let window = Duration::from_millis(config.discovery.browse_ms);
     let started = tokio::time::Instant::now();
-    // a lowest newcomer that never founds its cluster (gone without a goodbye) is waited
-    // for only this long
+    // how long orchestrators that never answer are tried before they count as none
     let patience = window * 10;
     let mut changes = d.watch();
-    let mut told_pending = false;
+    let mut told_pending = std::collections::HashSet::new();
+    let mut failed = std::collections::HashSet::new();
     tracing::info!(
         window_ms = window.as_millis() as u64,
         "looking for a cluster over mDNS"
     );
     loop {
-        if let Some(orch) = d.orchestrators(None).into_iter().next() {
-            if let Some(url) = orch.api_url() {
-                match enroll(config, node_id, &url).await {
-                    Ok(Some(m)) => {
-                        tracing::info!(cluster = %m.cluster, %url, "admitted to the cluster");
-                        return Ok(Decision::Join(m));
-                    }
-                    Ok(None) => {
-                        if !told_pending {
-                            tracing::info!(%url, node = %node_id, "waiting for approval: run `kraken nodes approve {node_id}` on the orchestrator (or open its enrollment window)");
-                            told_pending = true;
-                        }
-                    }
-                    Err(error) => tracing::warn!(%error, %url, "enrollment failed; retrying"),
+        // every orchestrator in view, the highest term first: one that does not answer (gone,
+        // or a forged advert) does not keep this device from the others
+        let orchestrators = d.orchestrators(None);
+        let mut answered = false;
+        for orch in &orchestrators {
+            let Some(url) = orch.api_url() else { continue };
+            match enroll(config, node_id, &url).await {
+                Ok(Some(m)) => {
+                    tracing::info!(cluster = %m.cluster, %url, "admitted to the cluster");
+                    return Ok(Decision::Join(m));
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(Decision::Stopped),
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                Ok(None) => {
+                    answered = true;
+                    if told_pending.insert(url.clone()) {
+                        tracing::info!(%url, node = %node_id, "waiting for approval: run `kraken nodes approve {node_id}` on the orchestrator (or open its enrollment window)");
+                    }
                 }
-                continue;
+                Err(error) => {
+                    if failed.insert(url.clone()) {
+                        tracing::warn!(%error, %url, "cannot enroll there; trying again later");
+                    }
+                }
             }
+        }
+        // orchestrators that never answer (forged adverts, dead hosts) count as none once
+        // this device has been patient
+        let give_up = !answered && started.elapsed() >= patience;
+        if !orchestrators.is_empty() && !give_up {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Decision::Stopped),
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            continue;
         }
         let elapsed = started.elapsed();
         if elapsed >= window {
@@ -246,7 +258,10 @@ async fn form(
                 .map(|x| x.advert.node)
                 .chain(std::iter::once(node_id.to_owned()))
                 .min();
-            if lowest.as_deref() == Some(node_id) || elapsed >= patience {
+            // a lower newcomer that never founds (gone without a goodbye) is waited for
+            // twice as long as unanswering orchestrators, so that when both happen the
+            // lowest founds first and the others see it
+            if lowest.as_deref() == Some(node_id) || elapsed >= 2 * patience {
                 tracing::info!("no cluster in view: founding one");
                 return Ok(Decision::Orchestrate);
             }

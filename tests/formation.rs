@@ -260,3 +260,89 @@ fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap().port()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_malformed_mdns_records_do_not_stop_formation() {
+    if !real_parts_present() {
+        return;
+    }
+    use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
+    // a third party on the same LAN: an "orchestrator" that answers nothing (the lowest
+    // node id, the highest term), and records that are not ours
+    let forger = ServiceDaemon::new_with_port(mdns_port()).unwrap();
+    forger.disable_interface(IfKind::All).unwrap();
+    forger.enable_interface(IfKind::LoopbackV4).unwrap();
+    let dead_port = free_port(false).to_string();
+    let records: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "n0000000000",
+            vec![
+                ("cluster", "deadbeef"),
+                ("node", "n0000000000"),
+                ("role", "orchestrator"),
+                ("term", "99"),
+                ("api", &dead_port),
+                ("version", "9.9.9"),
+            ],
+        ),
+        ("garbage1", vec![("node", "N0T;AN;ID"), ("role", "king")]),
+        ("garbage2", vec![("hello", "world")]),
+    ];
+    for (name, txt) in &records {
+        let info = ServiceInfo::new(
+            "_kraken._tcp.local.",
+            name,
+            &format!("{name}.local."),
+            "127.0.0.1",
+            dead_port.parse().unwrap(),
+            &txt[..],
+        )
+        .unwrap();
+        forger.register(info).unwrap();
+    }
+
+    let root = tempfile::tempdir().unwrap();
+    let mut agents: Vec<Agent> = ["a", "b"]
+        .iter()
+        .map(|name| Agent::bare(root.path(), name, 1, &[]))
+        .collect();
+    let lead = {
+        let agents = &agents;
+        wait_until(
+            "one agent founded the cluster",
+            Duration::from_secs(60),
+            || {
+                let leading: Vec<usize> = (0..2).filter(|&i| agents[i].leads()).collect();
+                (leading.len() == 1).then(|| leading[0])
+            },
+        )
+    };
+    agents[lead].wait_ready(2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        agents.iter().filter(|a| a.leads()).count(),
+        1,
+        "one cluster"
+    );
+    for a in agents.iter_mut() {
+        assert!(a.is_running(), "{} still runs", a.name);
+    }
+    assert!(
+        agents
+            .iter()
+            .all(|a| a.log().contains("cannot enroll there")),
+        "each tried the forged orchestrator and said so"
+    );
+    let cluster = agents[lead].client().get("/api/v1/cluster").await.unwrap();
+    let nodes: Vec<&str> = cluster["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["node"].as_str().unwrap())
+        .collect();
+    assert!(
+        !nodes.iter().any(|n| n.contains(';')),
+        "malformed records are not listed: {nodes:?}"
+    );
+    let _ = forger.shutdown();
+}
