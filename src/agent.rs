@@ -381,7 +381,8 @@ async fn run_orchestrator(
         .run(ready_rx, shutdown.child_token(), tasks)
         .await;
     if newborn && config.orchestrator.enrollment_secs > 0 {
-        orch.enrollment.open(config.orchestrator.enrollment_secs);
+        orch.open_enrollment(config.orchestrator.enrollment_secs)
+            .await?;
         tracing::info!(
             secs = config.orchestrator.enrollment_secs,
             "new cluster: devices that find it over mDNS are admitted by themselves for now"

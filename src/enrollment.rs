@@ -9,7 +9,6 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 /// A device asking to be admitted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,11 +49,18 @@ pub enum EnrollmentError {
 /// Most devices kept waiting at once; the oldest are forgotten first.
 const MAX_PENDING: usize = 256;
 
+/// What outlives the orchestrator process: the window and the approvals.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Kept {
+    /// The window's end, ms since the epoch.
+    pub open_until: Option<i64>,
+    pub approved: HashSet<String>,
+}
+
 #[derive(Default)]
 struct State {
-    open_until: Option<Instant>,
+    kept: Kept,
     pending: HashMap<String, PendingDevice>,
-    approved: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -63,19 +69,27 @@ pub struct Enrollment {
 }
 
 impl Enrollment {
+    /// The state to keep (store it after every change).
+    pub fn kept(&self) -> Kept {
+        self.lock().kept.clone()
+    }
+
+    /// Takes back what an earlier process kept.
+    pub fn restore(&self, kept: Kept) {
+        self.lock().kept = kept;
+    }
+
     /// Admits devices by themselves for `secs` from now (0 closes the window).
     pub fn open(&self, secs: u64) {
         let mut s = self.lock();
-        s.open_until = (secs > 0).then(|| Instant::now() + Duration::from_secs(secs));
+        s.kept.open_until = (secs > 0).then(|| crate::now_ms() + secs as i64 * 1000);
     }
 
     /// Seconds left in the window, if open.
     pub fn remaining(&self) -> Option<u64> {
-        let s = self.lock();
-        let until = s.open_until?;
-        let left = until.checked_duration_since(Instant::now())?;
+        let left = self.lock().kept.open_until? - crate::now_ms();
         // rounded up: a window just opened for 60 s has 60 s left
-        Some(left.as_millis().div_ceil(1000) as u64)
+        (left > 0).then(|| (left as u64).div_ceil(1000))
     }
 
     /// Decides on a device: admitted inside the window or once approved; pending otherwise.
@@ -85,7 +99,7 @@ impl Enrollment {
         }
         let open = self.remaining().is_some();
         let mut s = self.lock();
-        if open || s.approved.contains(&req.node_id) {
+        if open || s.kept.approved.contains(&req.node_id) {
             s.pending.remove(&req.node_id);
             return Ok(Admission::Admitted);
         }
@@ -127,7 +141,7 @@ impl Enrollment {
             .get(node_id)
             .cloned()
             .ok_or_else(|| EnrollmentError::NotPending(node_id.to_owned()))?;
-        s.approved.insert(node_id.to_owned());
+        s.kept.approved.insert(node_id.to_owned());
         Ok(device)
     }
 
@@ -185,6 +199,11 @@ mod tests {
         e.approve("n2").unwrap();
         assert_eq!(e.ask(&req("n2"), "10.0.0.3"), Ok(Admission::Admitted));
         assert!(e.pending().is_empty());
+        // what a restarted orchestrator takes back
+        let again = Enrollment::default();
+        again.restore(e.kept());
+        assert_eq!(again.ask(&req("n2"), "10.0.0.3"), Ok(Admission::Admitted));
+        assert_eq!(again.ask(&req("n3"), "10.0.0.4"), Ok(Admission::Pending));
         assert_eq!(
             e.ask(&req("N/../x"), ""),
             Err(EnrollmentError::BadNode("N/../x".into()))

@@ -9,7 +9,7 @@ use crate::broker::messages::{
 use crate::broker::server::{BrokerUser, RabbitServer, ADMIN_USER};
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
-use crate::enrollment::{Admission, EnrollRequest, Enrollment, EnrollmentError};
+use crate::enrollment::{Admission, EnrollRequest, Enrollment, EnrollmentError, PendingDevice};
 use crate::identity;
 use crate::jobs::{self, JobError};
 use crate::netkan::repo::NetkanRepo;
@@ -169,6 +169,8 @@ const NONCE_TTL: Duration = Duration::from_secs(60);
 const DISPATCH_BATCH: usize = 128;
 /// Job events applied under one store flush before they are acknowledged.
 const EVENT_BATCH: usize = 256;
+/// Where the enrollment window and approvals are kept in the store.
+const ENROLLMENT_KEY: &str = "enrollment";
 /// Most mods one `enqueueInflate` may name.
 const MAX_INFLATE: usize = 100_000;
 /// Time allowed per mod of an `inflate` job, seconds.
@@ -212,6 +214,10 @@ impl Orchestrator {
             );
         }
         let (broker, _) = watch::channel(None);
+        let enrollment = Enrollment::default();
+        if let Some(kept) = store.setting(ENROLLMENT_KEY)? {
+            enrollment.restore(kept);
+        }
         Ok(Arc::new(Self {
             config,
             store,
@@ -224,8 +230,30 @@ impl Orchestrator {
             notices: broadcast::channel(4096).0,
             nonces: Mutex::new(HashMap::new()),
             counters: Counters::default(),
-            enrollment: Enrollment::default(),
+            enrollment,
         }))
+    }
+
+    /// Opens the enrollment window for `secs` (0 closes it), durably.
+    pub async fn open_enrollment(&self, secs: u64) -> Result<Option<u64>, OrchestratorError> {
+        self.enrollment.open(secs);
+        self.keep_enrollment().await?;
+        Ok(self.enrollment.remaining())
+    }
+
+    /// Approves a pending device, durably.
+    pub async fn approve(&self, node_id: &str) -> Result<PendingDevice, OrchestratorError> {
+        let device = self.enrollment.approve(node_id)?;
+        self.keep_enrollment().await?;
+        tracing::info!(node = %node_id, name = %device.name, "device approved by the operator");
+        Ok(device)
+    }
+
+    async fn keep_enrollment(&self) -> Result<(), OrchestratorError> {
+        self.store
+            .put_setting(ENROLLMENT_KEY, &self.enrollment.kept())?;
+        self.store.flush().await?;
+        Ok(())
     }
 
     /// A device that knows no token asks to join: inside the enrollment window, or once an

@@ -170,6 +170,7 @@ pub struct Store {
     nodes: sled::Tree,
     jobs: sled::Tree,
     logs: sled::Tree,
+    settings: sled::Tree,
     db: sled::Db,
     flusher: std::sync::Arc<Flusher>,
 }
@@ -218,6 +219,7 @@ impl Store {
             nodes: db.open_tree("nodes")?,
             jobs: db.open_tree("jobs")?,
             logs: db.open_tree("logs")?,
+            settings: db.open_tree("settings")?,
             db,
             flusher: Default::default(),
         })
@@ -284,6 +286,22 @@ impl Store {
             let (k, v) = kv?;
             decode(&k, &v)
         })
+    }
+
+    /// Stores a piece of cluster state that is not a record (the enrollment window, …).
+    pub fn put_setting<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.settings.insert(key.as_bytes(), encode(value)?)?;
+        Ok(())
+    }
+
+    pub fn setting<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.settings
+            .get(key.as_bytes())?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
     }
 
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {

@@ -116,7 +116,7 @@ async fn outside_the_enrollment_window_a_device_waits_for_approval() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let orch = Agent::orchestrator(
+    let mut orch = Agent::orchestrator(
         root.path(),
         0,
         &[("KRAKEN_ORCHESTRATOR_ENROLLMENT_SECS", "0")],
@@ -193,6 +193,13 @@ async fn outside_the_enrollment_window_a_device_waits_for_approval() {
         || async { (alive_nodes(&orch).await.len() == 3).then_some(()) },
     )
     .await;
+
+    // the window outlives a restart of the orchestrator
+    orch.restart();
+    orch.wait_ready(3).await;
+    let e = orch.client().get("/api/v1/enrollment").await.unwrap();
+    assert_eq!(e["open"], true, "{e}");
+    assert!(e["remaining_secs"].as_u64().unwrap() <= 60, "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,3 +166,33 @@ async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries
         "the same three nodes: {nodes}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hosts_booted_at_once_end_as_one_cluster() {
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let lan = Lan::new(5);
+    let agents: Vec<Agent> = (0..5).map(|i| Agent::on_lan(&lan, i, 1, &[])).collect();
+    let lead = wait_for_leader(&agents);
+    agents[lead].wait_ready(5).await;
+    // settled: still exactly one cluster, and every host in it
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(agents.iter().filter(|a| a.leads()).count(), 1);
+    let lowest = agents.iter().map(|a| a.node_id()).min().unwrap();
+    assert_eq!(agents[lead].node_id(), lowest);
+    let cluster = agents[lead].client().get("/api/v1/cluster").await.unwrap();
+    for a in &agents {
+        let m = std::fs::read_to_string(a.data_dir().join("membership.json"));
+        if a.leads() {
+            assert!(m.is_err(), "the founder is nobody's member");
+        } else {
+            let m: serde_json::Value = serde_json::from_str(&m.unwrap()).unwrap();
+            assert_eq!(
+                m["cluster"], cluster["id"],
+                "{} joined the one cluster",
+                a.name
+            );
+        }
+    }
+}

@@ -250,10 +250,7 @@ impl Mutation {
     /// Admits a device that is waiting for approval.
     async fn approve_node(&self, ctx: &Context<'_>, id: String) -> Result<bool, Error> {
         require_operator(ctx)?;
-        orch(ctx)
-            .enrollment
-            .approve(&id)
-            .map_err(|e| Error::new(e.to_string()))?;
+        orch(ctx).approve(&id).await?;
         Ok(true)
     }
 
@@ -264,9 +261,8 @@ impl Mutation {
         if !(0..=7 * 24 * 3600).contains(&seconds) {
             return Err(Error::new("seconds must be between 0 and 604800"));
         }
-        let e = &orch(ctx).enrollment;
-        e.open(seconds as u64);
-        Ok(e.remaining().unwrap_or(0) as i32)
+        let left = orch(ctx).open_enrollment(seconds as u64).await?;
+        Ok(left.unwrap_or(0) as i32)
     }
 
     async fn cancel_job(&self, ctx: &Context<'_>, id: ID) -> Result<JobView, Error> {

@@ -355,29 +355,23 @@ fn enrollment(_r: Reader, s: &State<ApiState>) -> ApiResult<Json<Value>> {
 
 /// Opens the enrollment window for `seconds` (0 closes it).
 #[post("/api/v1/enrollment", data = "<body>")]
-fn open_enrollment(_o: Operator, s: &State<ApiState>, body: &str) -> ApiResult<Json<Value>> {
-    let e = &s.orch()?.enrollment;
+async fn open_enrollment(_o: Operator, s: &State<ApiState>, body: &str) -> ApiResult<Json<Value>> {
     let v: Value = serde_json::from_str(body)
         .map_err(|e| ApiError::BadRequest(format!("malformed request: {e}")))?;
     let secs = v["seconds"]
         .as_u64()
         .filter(|n| *n <= 7 * 24 * 3600)
         .ok_or_else(|| ApiError::BadRequest("`seconds` must be 0 to 604800".into()))?;
-    e.open(secs);
+    let left = s.orch()?.open_enrollment(secs).await?;
     Ok(Json(
-        json!({ "open": e.remaining().is_some(), "remaining_secs": e.remaining() }),
+        json!({ "open": left.is_some(), "remaining_secs": left }),
     ))
 }
 
 /// Admits a device that is waiting for approval.
 #[post("/api/v1/nodes/<id>/approve")]
-fn approve(_o: Operator, s: &State<ApiState>, id: &str) -> ApiResult<Json<Value>> {
-    let device = s
-        .orch()?
-        .enrollment
-        .approve(id)
-        .map_err(OrchestratorError::from)?;
-    tracing::info!(node = %id, name = %device.name, "device approved by the operator");
+async fn approve(_o: Operator, s: &State<ApiState>, id: &str) -> ApiResult<Json<Value>> {
+    let device = s.orch()?.approve(id).await?;
     Ok(Json(serde_json::to_value(device).unwrap_or_default()))
 }
 
