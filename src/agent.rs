@@ -141,24 +141,29 @@ async fn decide(
     discovery: Option<&Discovery>,
     shutdown: &CancellationToken,
 ) -> Result<Decision, AgentError> {
-    if !config.join.url.is_empty() {
+    let saved = std::fs::read_to_string(dir.membership_file())
+        .ok()
+        .and_then(|text| serde_json::from_str::<Membership>(&text).ok());
+    if !config.join.url.is_empty() && (!config.join.token.is_empty() || saved.is_none()) {
+        if config.join.token.is_empty() {
+            // no token: this orchestrator is asked to admit the device
+            return enroll_at(config, node_id, &config.join.url, shutdown).await;
+        }
         return Ok(Decision::Join(Membership {
             url: config.join.url.clone(),
             token: config.join.token.clone(),
             cluster: String::new(),
         }));
     }
-    if let Ok(text) = std::fs::read_to_string(dir.membership_file()) {
-        if let Ok(mut m) = serde_json::from_str::<Membership>(&text) {
-            // the orchestrator may have a new address since: look for it by its cluster
-            if let (Some(d), false) = (discovery, m.cluster.is_empty()) {
-                let wait = Duration::from_millis(config.discovery.browse_ms);
-                if let Some(url) = find_orchestrator_of(d, &m.cluster, wait, shutdown).await {
-                    m.url = url;
-                }
+    if let Some(mut m) = saved {
+        // the orchestrator may have a new address since: look for it by its cluster
+        if let (Some(d), false) = (discovery, m.cluster.is_empty()) {
+            let wait = Duration::from_millis(config.discovery.browse_ms);
+            if let Some(url) = find_orchestrator_of(d, &m.cluster, wait, shutdown).await {
+                m.url = url;
             }
-            return Ok(Decision::Join(m));
         }
+        return Ok(Decision::Join(m));
     }
     if dir.join_token_file().exists() || discovery.is_none() {
         return Ok(Decision::Orchestrate);
@@ -270,6 +275,34 @@ async fn form(
             _ = shutdown.cancelled() => return Ok(Decision::Stopped),
             _ = changes.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Asks the orchestrator at `url` to admit this device until it does.
+async fn enroll_at(
+    config: &Config,
+    node_id: &str,
+    url: &str,
+    shutdown: &CancellationToken,
+) -> Result<Decision, AgentError> {
+    let mut said = false;
+    loop {
+        match enroll(config, node_id, url).await {
+            Ok(Some(m)) => {
+                tracing::info!(cluster = %m.cluster, %url, "admitted to the cluster");
+                return Ok(Decision::Join(m));
+            }
+            Ok(None) if !said => {
+                tracing::info!(%url, node = %node_id, "waiting for approval: run `kraken nodes approve {node_id}` on the orchestrator (or open its enrollment window)");
+                said = true;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, %url, "cannot enroll there; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Decision::Stopped),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
 }

@@ -353,3 +353,83 @@ async fn forged_and_malformed_mdns_records_do_not_stop_formation() {
     );
     let _ = forger.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_installs_from_the_cluster_and_joins_by_its_url() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let orch = Agent::orchestrator(root.path(), 0, &[]);
+    orch.wait_ready(1).await;
+    let http = reqwest::Client::new();
+
+    // the installer names the agent it came from
+    let script = http
+        .get(format!("{}/install.sh", orch.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(script.starts_with("#!/bin/sh"), "{script}");
+    assert!(script.contains(&format!("URL=\"${{KRAKEN_URL:-{}}}\"", orch.url())));
+    // a Host header that would inject into the script is refused
+    let bad = http
+        .get(format!("{}/install.sh", orch.url()))
+        .header("Host", "x$(reboot)")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let other = http
+        .get(format!("{}/download/kraken-mips", orch.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    assert!(other.text().await.unwrap().contains("only"));
+
+    // run it: the agent lands in the install dir, the very binary the cluster runs
+    let bin = root.path().join("bin");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .env("KRAKEN_INSTALL_DIR", &bin)
+        .env("KRAKEN_START", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("kraken {}", kraken::VERSION)),
+        "{stdout}"
+    );
+    let digest = |p: &std::path::Path| {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            std::fs::read(p).unwrap(),
+        ))
+    };
+    assert_eq!(
+        digest(&bin.join("kraken")),
+        digest(std::path::Path::new(env!("CARGO_BIN_EXE_kraken")))
+    );
+
+    // a device told only the cluster's URL (no token, no mDNS) is admitted in the window
+    let url = orch.url();
+    let device = Agent::bare(
+        root.path(),
+        "by-url",
+        1,
+        &[
+            ("KRAKEN_JOIN_URL", &url),
+            ("KRAKEN_DISCOVERY_ENABLED", "false"),
+        ],
+    );
+    orch.wait_ready(2).await;
+    let m = std::fs::read_to_string(device.data_dir().join("membership.json")).unwrap();
+    let m: Value = serde_json::from_str(&m).unwrap();
+    let cluster = orch.client().get("/api/v1/cluster").await.unwrap();
+    assert_eq!(m["cluster"], cluster["id"]);
+}

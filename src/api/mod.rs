@@ -375,6 +375,59 @@ async fn approve(_o: Operator, s: &State<ApiState>, id: &str) -> ApiResult<Json<
     Ok(Json(serde_json::to_value(device).unwrap_or_default()))
 }
 
+/// The installer this agent hands out (`curl -fsSL http://AGENT:8080/install.sh | sudo sh`).
+const INSTALL_SCRIPT: &str = include_str!("install.sh");
+
+/// The `Host` a request was sent to, when it is a plain host name or address and port (it
+/// is written into a shell script, so nothing else gets through).
+pub struct RequestHost(String);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for RequestHost {
+    type Error = ApiError;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ApiError> {
+        let host = req.headers().get_one("Host").unwrap_or_default();
+        let plain = !host.is_empty()
+            && host.len() <= 255
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+        if plain {
+            Outcome::Success(RequestHost(host.to_owned()))
+        } else {
+            Outcome::Error((
+                Status::BadRequest,
+                ApiError::BadRequest(format!("`Host: {host}` is not a host name and port")),
+            ))
+        }
+    }
+}
+
+#[get("/install.sh")]
+fn install_script(host: RequestHost) -> (ContentType, String) {
+    let url = format!("http://{}", host.0);
+    (ContentType::Plain, INSTALL_SCRIPT.replace("@URL@", &url))
+}
+
+/// This agent's own executable, for machines of its architecture (`kraken-x86_64`,
+/// `kraken-aarch64`).
+#[get("/download/<file>")]
+async fn download(file: &str) -> ApiResult<(ContentType, rocket::fs::NamedFile)> {
+    let arch = std::env::consts::ARCH;
+    let wanted = file.strip_prefix("kraken-").unwrap_or(file);
+    if wanted != arch {
+        return Err(ApiError::NotFound(format!(
+            "this agent has the build for {arch} only, not for `{wanted}`"
+        )));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| ApiError::Internal(format!("cannot find this executable: {e}")))?;
+    let file = rocket::fs::NamedFile::open(&exe)
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot read {}: {e}", exe.display())))?;
+    Ok((ContentType::Binary, file))
+}
+
 #[get("/metrics")]
 async fn metrics(s: &State<ApiState>) -> ApiResult<(ContentType, String)> {
     let o = s.orch()?;
@@ -597,6 +650,8 @@ pub async fn serve(
                 join_challenge,
                 join,
                 enroll,
+                install_script,
+                download,
                 enrollment,
                 open_enrollment,
                 approve,
