@@ -463,13 +463,11 @@ impl Config {
         if self.orchestrator.max_attempts == 0 {
             return invalid("orchestrator.max_attempts", "must be at least 1".into());
         }
-        if !self.join.url.is_empty() {
-            if !is_http_url(&self.join.url) {
-                return invalid(
-                    "join.url",
-                    format!("`{}` is not an http:// URL", self.join.url),
-                );
-            }
+        if !self.join.url.is_empty() && !is_http_url(&self.join.url) {
+            return invalid(
+                "join.url",
+                format!("`{}` is not an http:// URL", self.join.url),
+            );
         }
         for (key, url) in [
             ("github.api", &self.github.api),
