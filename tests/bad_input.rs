@@ -11,7 +11,9 @@ fn bad_config_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let run = |env: &[(&str, &str)], args: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kraken"));
-        cmd.arg("agent")
+        cmd.env("KRAKEN_DISCOVERY_INTERFACES", "lo")
+            .env("KRAKEN_DISCOVERY_PORT", mdns_port().to_string())
+            .arg("agent")
             .arg("--data-dir")
             .arg(dir.path())
             .args(args);
@@ -28,8 +30,11 @@ fn bad_config_names_the_key() {
     std::fs::write(&toml, "[worker]\nslotz = 2\n").unwrap();
     let err = run(&[], &["--config", toml.to_str().unwrap()]);
     assert!(err.contains("slotz"), "{err}");
-    let err = run(&[], &["--join", "http://127.0.0.1:1"]);
-    assert!(err.contains("join.token"), "{err}");
+    let err = run(&[], &["--join", "127.0.0.1:1"]);
+    assert!(
+        err.contains("join.url") && err.contains("not an http"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,6 +211,9 @@ async fn a_wrong_join_token_is_refused() {
             &free_port(false).to_string(),
         ])
         .args(["--join", &orch.url(), "--token", "not-the-token"])
+        // mDNS stays on loopback, on this test's port, like every test agent's
+        .env("KRAKEN_DISCOVERY_INTERFACES", "lo")
+        .env("KRAKEN_DISCOVERY_PORT", mdns_port().to_string())
         .output()
         .unwrap();
     assert!(!out.status.success());
