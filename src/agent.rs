@@ -361,7 +361,7 @@ async fn run_orchestrator(
     store.put_node(&NodeRecord {
         id: node_id.to_owned(),
         name: config.node.name.clone(),
-        address: advertise_address(config),
+        address: crate::discovery::own_address(&config.api.advertise),
         api_port: config.api.port,
         version: crate::VERSION.to_owned(),
         joined_at: previous.as_ref().map_or(now, |p| p.joined_at),
@@ -579,23 +579,4 @@ fn worker_settings(config: &Config, node_id: &str) -> WorkerSettings {
         data_dir: config.node.data_dir.clone(),
         config: Arc::new(config.clone()),
     }
-}
-
-fn advertise_address(config: &Config) -> String {
-    if !config.api.advertise.is_empty() {
-        return config.api.advertise.clone();
-    }
-    // the address of the interface that routes outwards (no packet is sent); on a LAN
-    // without a default route, the first LAN address
-    std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| {
-            s.connect("192.0.2.1:9")?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .ok()
-        .filter(|ip| !ip.is_loopback())
-        .or_else(|| crate::discovery::lan_addresses().into_iter().next())
-        .map(|ip| ip.to_string())
-        .unwrap_or_else(|| "127.0.0.1".into())
 }

@@ -345,6 +345,26 @@ const VIRTUAL_PREFIXES: [&str; 8] = [
     "docker", "br-", "veth", "virbr", "cni", "flannel", "podman", "vnet",
 ];
 
+/// The address other nodes reach this one at: `advertise` when set, else the address of
+/// the interface that routes outwards (no packet is sent), else, on a LAN without a default
+/// route, the first LAN address.
+pub fn own_address(advertise: &str) -> String {
+    if !advertise.is_empty() {
+        return advertise.to_owned();
+    }
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback())
+        .or_else(|| lan_addresses().into_iter().next())
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
 /// This host's addresses on its LAN interfaces (not loopback, not container bridges),
 /// IPv4 first.
 pub fn lan_addresses() -> Vec<IpAddr> {

@@ -169,6 +169,21 @@ const NONCE_TTL: Duration = Duration::from_secs(60);
 const DISPATCH_BATCH: usize = 128;
 /// Job events applied under one store flush before they are acknowledged.
 const EVENT_BATCH: usize = 256;
+/// How a job goes back to the queue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Requeue {
+    /// The attempt ran and failed: it counts against `max_attempts`.
+    Failed,
+    /// Its worker went silent: placed again without counting, up to [`MAX_LOST`] times.
+    Lost,
+    /// It never reached its worker: as if it had not been placed.
+    Undelivered,
+}
+
+/// Attempts a job may lose with silent workers before it fails (a job that takes down
+/// every worker it lands on must not go round forever).
+const MAX_LOST: u32 = 5;
+
 /// Where the enrollment window and approvals are kept in the store.
 const ENROLLMENT_KEY: &str = "enrollment";
 /// Most mods one `enqueueInflate` may name.
@@ -413,6 +428,7 @@ impl Orchestrator {
             result: None,
             error: None,
             attempts: vec![],
+            lost: 0,
         };
         self.store.put_job(&job)?;
         self.store.flush().await?;
@@ -624,7 +640,7 @@ impl Orchestrator {
                 Ok(pending) => in_flight.push((job, node, pending)),
                 Err(error) => {
                     tracing::warn!(%error, job = %job.id, %node, "dispatch failed; job stays queued");
-                    self.requeue(job.id, job.attempt, "dispatch failed", false)?;
+                    self.requeue(job.id, job.attempt, "dispatch failed", Requeue::Undelivered)?;
                     break;
                 }
             }
@@ -656,7 +672,7 @@ impl Orchestrator {
                 }
                 Err(error) => {
                     tracing::warn!(%error, job = %job.id, %node, "dispatch not confirmed; job stays queued");
-                    self.requeue(job.id, job.attempt, "dispatch failed", false)?;
+                    self.requeue(job.id, job.attempt, "dispatch failed", Requeue::Undelivered)?;
                 }
             }
         }
@@ -669,7 +685,7 @@ impl Orchestrator {
         id: Uuid,
         attempt: u32,
         reason: &str,
-        counts: bool,
+        how: Requeue,
     ) -> Result<Option<JobRecord>, OrchestratorError> {
         let backoff = self.config.orchestrator.retry_backoff_ms as i64;
         let now = crate::now_ms();
@@ -681,19 +697,33 @@ impl Orchestrator {
                 a.finished_at = Some(now);
                 a.outcome = Some(reason.to_owned());
             }
-            if !counts {
-                j.attempt -= 1;
-                j.attempts.pop();
+            match how {
+                Requeue::Undelivered => {
+                    j.attempt -= 1;
+                    j.attempts.pop();
+                }
+                Requeue::Lost => j.lost += 1,
+                Requeue::Failed => {}
             }
             j.error = Some(reason.to_owned());
             j.node = None;
-            if counts && j.attempt >= j.max_attempts {
+            let exhausted = match how {
+                Requeue::Failed => j.counted_attempts() >= j.max_attempts,
+                Requeue::Lost => j.lost >= MAX_LOST,
+                Requeue::Undelivered => false,
+            };
+            if exhausted {
                 j.state = JobState::Failed;
                 j.finished_at = Some(now);
+                if how == Requeue::Lost {
+                    j.error = Some(format!(
+                        "{reason} (lost with {MAX_LOST} workers in a row; not placed again)"
+                    ));
+                }
             } else {
                 j.state = JobState::Queued;
-                j.not_before = if counts {
-                    now + backoff * (1 << j.attempt.saturating_sub(1).min(10))
+                j.not_before = if how == Requeue::Failed {
+                    now + backoff * (1 << j.counted_attempts().saturating_sub(1).min(10))
                 } else {
                     now
                 };
@@ -761,9 +791,12 @@ impl Orchestrator {
         if current.attempt != attempt || current.node.as_deref() != Some(node) {
             return Ok(());
         }
-        if !outcome.success && outcome.retryable && current.attempt < current.max_attempts {
+        if !outcome.success
+            && outcome.retryable
+            && current.counted_attempts() < current.max_attempts
+        {
             let reason = outcome.error.clone().unwrap_or_else(|| "failed".into());
-            self.requeue(id, attempt, &reason, true)?;
+            self.requeue(id, attempt, &reason, Requeue::Failed)?;
             return Ok(());
         }
         let job = self.store.update_job(id, |j| {
@@ -834,6 +867,10 @@ impl Orchestrator {
         node.last_seen = hb.sent_at;
         node.slots = hb.slots;
         node.stats = Some(hb.stats);
+        if let Some(address) = hb.address.filter(|a| !a.is_empty() && *a != node.address) {
+            tracing::info!(node = %hb.node, from = %node.address, to = %address, "node has a new address");
+            node.address = address;
+        }
         self.store.put_node(&node)?;
         Ok(())
     }
@@ -876,7 +913,10 @@ impl Orchestrator {
         for (id, attempt) in lost {
             tracing::warn!(job = %id, attempt, %node, "the worker does not have its job; placing it again");
             let reason = format!("lost: worker {node} never received the job");
-            if self.requeue(id, attempt, &reason, false)?.is_none() {
+            if self
+                .requeue(id, attempt, &reason, Requeue::Undelivered)?
+                .is_none()
+            {
                 lock(&self.sched).active.remove(&id);
             }
         }
@@ -916,7 +956,10 @@ impl Orchestrator {
                 .dead_workers
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let reason = format!("lost: worker {node} stopped sending heartbeats");
-            if self.requeue(id, job.attempt, &reason, true)?.is_none() {
+            if self
+                .requeue(id, job.attempt, &reason, Requeue::Lost)?
+                .is_none()
+            {
                 lock(&self.sched).active.remove(&id);
             }
         }

@@ -119,6 +119,17 @@ pub struct JobRecord {
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
     pub attempts: Vec<Attempt>,
+    /// Attempts lost with their worker (it went silent); they do not count against
+    /// `max_attempts`, but a job that loses too many fails.
+    #[serde(default)]
+    pub lost: u32,
+}
+
+impl JobRecord {
+    /// Attempts that ran and failed or are running: those `max_attempts` limits.
+    pub fn counted_attempts(&self) -> u32 {
+        self.attempt.saturating_sub(self.lost)
+    }
 }
 
 /// A node as the orchestrator knows it.
@@ -400,6 +411,7 @@ mod tests {
             result: None,
             error: None,
             attempts: vec![],
+            lost: 0,
         }
     }
 

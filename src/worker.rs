@@ -411,6 +411,9 @@ impl Worker {
             .collect();
         Heartbeat {
             node: self.settings.node_id.clone(),
+            address: Some(crate::discovery::own_address(
+                &self.settings.config.api.advertise,
+            )),
             sent_at: crate::now_ms(),
             // a node without docker can still run in-process jobs, but takes none by default
             slots: if docker_ok { self.settings.slots } else { 0 },

@@ -155,16 +155,31 @@ async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries
     )
     .await;
     let id = enqueue(&client, "echo", json!({"message": "still here"}), "").await;
-    assert_eq!(
-        wait_final(&client, &[id], Duration::from_secs(60)).await[0]["state"],
-        "SUCCEEDED"
-    );
+    let done = wait_final(&client, &[id], Duration::from_secs(60)).await;
+    assert_eq!(done[0]["state"], "SUCCEEDED", "{}", done[0]);
     let nodes = client.get("/api/v1/nodes").await.unwrap();
     assert_eq!(
         nodes.as_array().unwrap().len(),
         3,
         "the same three nodes: {nodes}"
     );
+    // and the nodes' records know where they are now
+    let worker_ip = lan.ip(0).rsplit_once('.').unwrap().0.to_owned() + ".201";
+    wait_until_async(
+        "the records show the new addresses",
+        Duration::from_secs(20),
+        || async {
+            let nodes = client.get("/api/v1/nodes").await.ok()?;
+            let addresses: Vec<&str> = nodes
+                .as_array()?
+                .iter()
+                .filter_map(|n| n["address"].as_str())
+                .collect();
+            (addresses.contains(&new_ip.as_str()) && addresses.contains(&worker_ip.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

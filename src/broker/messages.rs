@@ -21,6 +21,9 @@ pub struct Heartbeat {
     pub sent_at: i64,
     pub slots: u32,
     pub stats: NodeStats,
+    /// The node's LAN address now (it may have changed since it joined).
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 impl Message for Heartbeat {
