@@ -717,7 +717,7 @@ impl Orchestrator {
                 j.finished_at = Some(now);
                 if how == Requeue::Lost {
                     j.error = Some(format!(
-                        "{reason} (lost with {MAX_LOST} workers in a row; not placed again)"
+                        "{reason} (lost with its worker {MAX_LOST} times; not placed again)"
                     ));
                 }
             } else {
