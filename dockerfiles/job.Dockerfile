@@ -1,5 +1,5 @@
 # The job image: the agent's own executable on a minimal Debian base. The agent builds it
-# (tag kraken-job:<version>) with a build context of this file, its executable and the
+# (tag kraken-job:<version>-<build hash>) with a build context of this file, its executable and the
 # host's CA bundle (jobs that fetch over HTTPS must trust what the host trusts).
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}

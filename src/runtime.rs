@@ -1,4 +1,4 @@
-//! Docker through bollard: the job image (`kraken-job:<version>`, built from
+//! Docker through bollard: the job image (`kraken-job:<version>-<build hash>`, built from
 //! `dockerfiles/job.Dockerfile` with this agent's own executable inside), job containers with
 //! memory, CPU, process and time limits, log capture, and cleanup.
 //!
@@ -177,17 +177,13 @@ impl Runtime {
         // executable in memory
         let exe2 = exe.clone();
         let hash = blocking(move || context_hash(&exe2)).await?;
-        let tag = format!("kraken-job:{}", crate::VERSION);
-        let mut superseded = None;
+        // one tag per build: agents of other builds on the same dockerd never move it
+        let tag = format!("kraken-job:{}-{}", crate::VERSION, &hash[..12]);
         if let Ok(image) = d.inspect_image(&tag).await {
-            let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
-            if labels.get("kraken.context-sha256") == Some(&hash) {
-                if let Some(id) = image.id {
-                    *cached = Some(id.clone());
-                    return Ok(id);
-                }
+            if let Some(id) = image.id {
+                *cached = Some(id.clone());
+                return Ok(id);
             }
-            superseded = image.id;
         }
         tracing::info!(%tag, base = %self.base_image, "building the job image");
         let context = blocking(move || build_context(&exe)).await?;
@@ -213,14 +209,7 @@ impl Runtime {
             .id
             .ok_or_else(|| RuntimeError::Build("built image has no id".into()))?;
         tracing::info!(%tag, %id, "job image ready");
-        // the image this tag named before is of an older executable: drop it, unless a
-        // container still uses it (then docker refuses and it stays)
-        if let Some(old) = superseded.filter(|old| *old != id) {
-            let opts = RemoveImageOptionsBuilder::new().build();
-            if d.remove_image(&old, Some(opts), None).await.is_ok() {
-                tracing::info!(image = %old, "removed the superseded job image");
-            }
-        }
+        remove_old_job_images(&d, &id).await;
         *cached = Some(id.clone());
         Ok(id)
     }
@@ -299,20 +288,26 @@ impl Runtime {
         };
         // a container of the same name is a leftover of this very attempt: replace it
         force_remove(&d, &name).await;
-        let created = match d
-            .create_container(
+        let create = |body: ContainerCreateBody| {
+            d.create_container(
                 Some(CreateContainerOptionsBuilder::new().name(&name).build()),
                 body,
             )
-            .await
-        {
+        };
+        let created = match create(body.clone()).await {
             Ok(created) => created,
-            Err(e) => {
-                // the image may have been removed under us (another agent's rebuild): look
-                // it up again next time
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                // the image was removed under us (an operator's prune): build it again and
+                // try once more, within this attempt
+                tracing::warn!("the job image is gone; building it again");
                 *self.job_image.lock().await = None;
-                return Err(e.into());
+                let mut body = body;
+                body.image = Some(self.ensure_job_image().await?);
+                create(body).await?
             }
+            Err(e) => return Err(e.into()),
         };
         let id = created.id;
         let result = self.start_and_wait(&d, &id, job, log).await;
@@ -460,6 +455,36 @@ const CA_BUNDLES: [&str; 3] = [
     "/etc/pki/tls/certs/ca-bundle.crt",
     "/etc/ssl/cert.pem",
 ];
+
+/// Job images of other builds older than this are removed when a new one is built (an
+/// agent of that build on the same dockerd would have rebuilt it long since).
+const OLD_JOB_IMAGE_SECS: i64 = 24 * 3600;
+
+/// Removes job images of other builds that are more than a day old; one a container still
+/// uses is refused by docker and stays.
+async fn remove_old_job_images(d: &Docker, keep: &str) {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        // every job image carries this label (whatever its hash)
+        vec!["kraken.context-sha256".to_string()],
+    )]);
+    let opts = bollard::query_parameters::ListImagesOptionsBuilder::new()
+        .filters(&filters)
+        .build();
+    let Ok(images) = d.list_images(Some(opts)).await else {
+        return;
+    };
+    let now = crate::now_ms() / 1000;
+    for image in images {
+        if image.id == keep || now - image.created < OLD_JOB_IMAGE_SECS {
+            continue;
+        }
+        let opts = RemoveImageOptionsBuilder::new().build();
+        if d.remove_image(&image.id, Some(opts), None).await.is_ok() {
+            tracing::info!(image = %image.id, "removed an old job image");
+        }
+    }
+}
 
 /// Reads files off the async threads.
 async fn blocking<T: Send + 'static>(

@@ -211,3 +211,69 @@ async fn five_hosts_booted_at_once_end_as_one_cluster() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_loses_its_jobs_to_the_others_and_comes_back() {
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 2, &[])).collect();
+    let lead = wait_for_leader(&agents);
+    let orch = &agents[lead];
+    orch.wait_ready(3).await;
+    let client = orch.client();
+    let victim = (lead + 1) % 3;
+    let victim_id = agents[victim].node_id();
+
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(enqueue(&client, "sleep", json!({"ms": 6000}), ", maxAttempts: 1").await);
+    }
+    let on_victim: Vec<String> =
+        wait_until_async("the victim runs jobs", Duration::from_secs(60), || async {
+            let mut mine = Vec::new();
+            for id in &ids {
+                let j = job(&client, id).await;
+                if j["state"] == "RUNNING" && j["node"] == json!(victim_id) {
+                    mine.push(id.clone());
+                }
+            }
+            (!mine.is_empty()).then_some(mine)
+        })
+        .await;
+    // its cable is pulled: after the grace period its jobs run elsewhere
+    lan.cut(victim);
+    let done = wait_final(&client, &ids, Duration::from_secs(120)).await;
+    for j in &done {
+        assert_eq!(j["state"], "SUCCEEDED", "{j}");
+        if on_victim.contains(&j["id"].as_str().unwrap().to_owned()) {
+            assert_ne!(j["node"], json!(victim_id), "finished elsewhere: {j}");
+            let first = &j["attempts"][0]["outcome"];
+            assert!(first.as_str().unwrap().starts_with("lost"), "{j}");
+        }
+    }
+    // plugged back in, it is a healthy worker again, with the same identity
+    lan.heal(victim);
+    wait_until_async("the victim is back", Duration::from_secs(60), || async {
+        let nodes = client.get("/api/v1/nodes").await.ok()?;
+        nodes
+            .as_array()?
+            .iter()
+            .any(|n| n["id"] == json!(victim_id) && n["alive"] == json!(true))
+            .then_some(())
+    })
+    .await;
+    // and the attempts it finished while cut off changed nothing: each job succeeded once
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in &ids {
+        let j = job(&client, id).await;
+        let succeeded = j["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["outcome"] == "succeeded")
+            .count();
+        assert_eq!(succeeded, 1, "{j}");
+    }
+}
