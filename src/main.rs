@@ -370,6 +370,37 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         .unwrap_or_default(),
                 );
             }
+            // devices on the LAN that are not in this cluster: newcomers, other clusters
+            let cluster = api.client().get("/api/v1/cluster").await?;
+            let members: Vec<&str> = nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n["id"].as_str())
+                .collect();
+            let strangers: Vec<&Value> = cluster["devices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| !members.contains(&d["node"].as_str().unwrap_or_default()))
+                .collect();
+            if !strangers.is_empty() {
+                println!("\nother devices in view over mDNS:");
+                for d in strangers {
+                    let cluster = d["cluster"].as_str().unwrap_or_default();
+                    println!(
+                        "{:<14} {:<13} {:<10} {}",
+                        d["node"].as_str().unwrap_or_default(),
+                        d["role"].as_str().unwrap_or_default(),
+                        if cluster.is_empty() {
+                            "(none)"
+                        } else {
+                            cluster
+                        },
+                        d["addresses"][0].as_str().unwrap_or_default()
+                    );
+                }
+            }
             let e = api.client().get("/api/v1/enrollment").await?;
             let pending = e["pending"].as_array().cloned().unwrap_or_default();
             if !pending.is_empty() {

@@ -174,6 +174,15 @@ async fn outside_the_enrollment_window_a_device_waits_for_approval() {
         "{listing}"
     );
     assert!(listing.contains("enrollment closed"), "{listing}");
+    // it is also listed among the devices in view that are not members, as a newcomer
+    wait_until("the newcomer is in view", Duration::from_secs(20), || {
+        let listing = kraken(&[]);
+        let in_view = listing.split("other devices in view over mDNS:").nth(1)?;
+        in_view
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("candidate"))
+            .then_some(())
+    });
     assert!(kraken(&["approve", &id]).contains(&format!("approved {id}")));
     wait_until_async(
         "the approved device joined",
