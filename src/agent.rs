@@ -165,12 +165,9 @@ async fn decide(
         }
         return Ok(Decision::Join(m));
     }
-    if dir.join_token_file().exists() || discovery.is_none() {
-        return Ok(Decision::Orchestrate);
-    }
     match discovery {
-        Some(d) => form(config, node_id, d, shutdown).await,
-        None => Ok(Decision::Orchestrate),
+        Some(d) if !dir.join_token_file().exists() => form(config, node_id, d, shutdown).await,
+        _ => Ok(Decision::Orchestrate),
     }
 }
 
@@ -213,8 +210,7 @@ async fn form(
     // how long orchestrators that never answer are tried before they count as none
     let patience = window * 10;
     let mut changes = d.watch();
-    let mut told_pending = std::collections::HashSet::new();
-    let mut failed = std::collections::HashSet::new();
+    let mut asking = Enrolling::default();
     tracing::info!(
         window_ms = window.as_millis() as u64,
         "looking for a cluster over mDNS"
@@ -226,22 +222,10 @@ async fn form(
         let mut answered = false;
         for orch in &orchestrators {
             let Some(url) = orch.api_url() else { continue };
-            match enroll(config, node_id, &url).await {
-                Ok(Some(m)) => {
-                    tracing::info!(cluster = %m.cluster, %url, "admitted to the cluster");
-                    return Ok(Decision::Join(m));
-                }
-                Ok(None) => {
-                    answered = true;
-                    if told_pending.insert(url.clone()) {
-                        tracing::info!(%url, node = %node_id, "waiting for approval: run `kraken nodes approve {node_id}` on the orchestrator (or open its enrollment window)");
-                    }
-                }
-                Err(error) => {
-                    if failed.insert(url.clone()) {
-                        tracing::warn!(%error, %url, "cannot enroll there; trying again later");
-                    }
-                }
+            match asking.ask(config, node_id, &url).await {
+                Asked::Admitted(m) => return Ok(Decision::Join(m)),
+                Asked::Pending => answered = true,
+                Asked::Failed => {}
             }
         }
         // orchestrators that never answer (forged adverts, dead hosts) count as none once
@@ -286,23 +270,52 @@ async fn enroll_at(
     url: &str,
     shutdown: &CancellationToken,
 ) -> Result<Decision, AgentError> {
-    let mut said = false;
+    let mut asking = Enrolling::default();
     loop {
-        match enroll(config, node_id, url).await {
-            Ok(Some(m)) => {
-                tracing::info!(cluster = %m.cluster, %url, "admitted to the cluster");
-                return Ok(Decision::Join(m));
-            }
-            Ok(None) if !said => {
-                tracing::info!(%url, node = %node_id, "waiting for approval: run `kraken nodes approve {node_id}` on the orchestrator (or open its enrollment window)");
-                said = true;
-            }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, %url, "cannot enroll there; retrying"),
+        if let Asked::Admitted(m) = asking.ask(config, node_id, url).await {
+            return Ok(Decision::Join(m));
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(Decision::Stopped),
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// How one request to be admitted went.
+enum Asked {
+    Admitted(Membership),
+    Pending,
+    Failed,
+}
+
+/// Asking orchestrators to admit this device, saying once per orchestrator that it waits
+/// for approval or cannot be reached.
+#[derive(Default)]
+struct Enrolling {
+    told_pending: std::collections::HashSet<String>,
+    failed: std::collections::HashSet<String>,
+}
+
+impl Enrolling {
+    async fn ask(&mut self, config: &Config, node_id: &str, url: &str) -> Asked {
+        match enroll(config, node_id, url).await {
+            Ok(Some(m)) => {
+                tracing::info!(cluster = %m.cluster, %url, "admitted to the cluster");
+                Asked::Admitted(m)
+            }
+            Ok(None) => {
+                if self.told_pending.insert(url.to_owned()) {
+                    tracing::info!(%url, node = %node_id, "waiting for approval: run `kraken nodes approve {node_id}` on the orchestrator (or open its enrollment window)");
+                }
+                Asked::Pending
+            }
+            Err(error) => {
+                if self.failed.insert(url.to_owned()) {
+                    tracing::warn!(%error, %url, "cannot enroll there; trying again later");
+                }
+                Asked::Failed
+            }
         }
     }
 }

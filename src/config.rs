@@ -486,15 +486,8 @@ impl Config {
                 );
             }
         }
-        let batch = self.netkan.inflate_batch as usize;
-        if !(1..=crate::jobs::inflate::MAX_MODS).contains(&batch) {
-            return invalid(
-                "netkan.inflate_batch",
-                format!(
-                    "must be between 1 and {}, got {batch}",
-                    crate::jobs::inflate::MAX_MODS
-                ),
-            );
+        if let Err(why) = crate::jobs::inflate::check_batch(self.netkan.inflate_batch as usize) {
+            return invalid("netkan.inflate_batch", why);
         }
         if self.netkan.game_id.trim().is_empty() {
             return invalid("netkan.game_id", "must not be empty".into());

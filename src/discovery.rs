@@ -7,6 +7,7 @@
 //! line; nothing a packet says can stop the browse.
 
 use crate::config::DiscoveryConfig;
+use crate::identity::plain_id;
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -83,11 +84,11 @@ impl Advert {
     pub fn from_txt(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let field = |k: &str| get(k).ok_or_else(|| format!("no `{k}`"));
         let node = field("node")?;
-        if !valid_id(&node, 2, 40) {
+        if !plain_id(&node, 2) {
             return Err(format!("node `{node}` is not a node id"));
         }
         let cluster = field("cluster")?;
-        if !cluster.is_empty() && !valid_id(&cluster, 1, 40) {
+        if !cluster.is_empty() && !plain_id(&cluster, 1) {
             return Err(format!("cluster `{cluster}` is not a cluster id"));
         }
         let role_text = field("role")?;
@@ -113,12 +114,6 @@ impl Advert {
             version,
         })
     }
-}
-
-fn valid_id(s: &str, min: usize, max: usize) -> bool {
-    (min..=max).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// A device seen on the LAN.
@@ -372,12 +367,17 @@ pub fn lan_addresses() -> Vec<IpAddr> {
         .unwrap_or_default()
         .into_iter()
         .filter(|i| !i.is_loopback())
-        .filter(|i| !VIRTUAL_PREFIXES.iter().any(|p| i.name.starts_with(p)))
+        .filter(|i| !is_virtual(&i.name))
         .map(|i| i.ip())
         .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
         .collect();
     v.sort_by_key(|a| (a.is_ipv6(), *a));
     v
+}
+
+/// Whether an interface was made by a container runtime or a VM.
+fn is_virtual(name: &str) -> bool {
+    VIRTUAL_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// This host's interfaces that only container runtimes or VMs use.
@@ -386,7 +386,7 @@ fn virtual_interfaces() -> Vec<String> {
         .unwrap_or_default()
         .into_iter()
         .map(|i| i.name)
-        .filter(|n| VIRTUAL_PREFIXES.iter().any(|p| n.starts_with(p)))
+        .filter(|n| is_virtual(n))
         .collect();
     names.sort();
     names.dedup();

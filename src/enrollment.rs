@@ -94,7 +94,7 @@ impl Enrollment {
 
     /// Decides on a device: admitted inside the window or once approved; pending otherwise.
     pub fn ask(&self, req: &EnrollRequest, address: &str) -> Result<Admission, EnrollmentError> {
-        if !valid_node(&req.node_id) {
+        if !crate::identity::plain_id(&req.node_id, 2) {
             return Err(EnrollmentError::BadNode(req.node_id.clone()));
         }
         let open = self.remaining().is_some();
@@ -155,13 +155,6 @@ impl Enrollment {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn valid_node(id: &str) -> bool {
-    (2..=40).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn clip(s: &str) -> String {

@@ -41,6 +41,14 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// Whether `s` can be a node or cluster id as peers send them: `min` to 40 lowercase
+/// letters, digits and `-` (safe in logs, paths and URLs).
+pub fn plain_id(s: &str, min: usize) -> bool {
+    (min..=40).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Reads a secret file, creating it with `make` (mode 0600) when missing.
 pub fn load_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, IdentityError> {
     let io = |source| IdentityError::Io {

@@ -466,16 +466,8 @@ impl Orchestrator {
         let mods = repo
             .read(identifiers)
             .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
-        let max = crate::jobs::inflate::MAX_MODS;
-        let batch = match batch {
-            Some(b) if !(1..=max).contains(&b) => {
-                return Err(OrchestratorError::Invalid(format!(
-                    "batch must be between 1 and {max}, got {b}"
-                )))
-            }
-            Some(b) => b,
-            None => n.inflate_batch as usize,
-        };
+        let batch = crate::jobs::inflate::check_batch(batch.unwrap_or(n.inflate_batch as usize))
+            .map_err(|why| OrchestratorError::Invalid(format!("batch {why}")))?;
         // a mod may take a while to download; the batch's limit grows with its size
         let timeout = self
             .config
@@ -1003,7 +995,7 @@ impl Orchestrator {
             tracing::warn!(node = %req.node_id, %address, "join refused: wrong cluster token");
             return Err(OrchestratorError::JoinRefused("wrong cluster token".into()));
         }
-        if !valid_node_id(&req.node_id) {
+        if !identity::plain_id(&req.node_id, 1) {
             return Err(OrchestratorError::JoinRefused(format!(
                 "node id `{}` must be 1-40 of a-z, 0-9 and -",
                 req.node_id
@@ -1268,14 +1260,6 @@ impl Orchestrator {
     pub fn logs(&self, id: Uuid) -> Result<Vec<LogLine>, OrchestratorError> {
         Ok(self.store.logs(id)?)
     }
-}
-
-fn valid_node_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 40
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (our sections only

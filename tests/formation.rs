@@ -272,11 +272,6 @@ async fn a_device_never_follows_another_clusters_orchestrator() {
     b.stop();
 }
 
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_malformed_mdns_records_do_not_stop_formation() {
     if !real_parts_present() {

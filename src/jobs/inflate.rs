@@ -19,6 +19,15 @@ pub struct Inflate;
 
 /// Most mods in one job.
 pub const MAX_MODS: usize = 200;
+/// Checks a number of mods per job: 1 to [`MAX_MODS`].
+pub fn check_batch(batch: usize) -> Result<usize, String> {
+    if (1..=MAX_MODS).contains(&batch) {
+        Ok(batch)
+    } else {
+        Err(format!("must be between 1 and {MAX_MODS}, got {batch}"))
+    }
+}
+
 /// Largest netkan text accepted, bytes.
 const MAX_NETKAN: usize = 256 * 1024;
 /// Where the worker's download cache is mounted in the container.

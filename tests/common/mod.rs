@@ -62,10 +62,13 @@ pub fn free_port(with_dist: bool) -> u16 {
 /// so each test's agents see each other and no other test's).
 pub fn mdns_port() -> u16 {
     static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
-    })
+    *PORT.get_or_init(free_udp_port)
+}
+
+/// A free UDP port on loopback.
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
 }
 
 /// One agent process.
@@ -123,24 +126,61 @@ impl Agent {
 
     /// Starts an agent with no role flags: it finds its cluster over mDNS (or founds one).
     pub fn bare(root: &Path, name: &str, slots: u32, env: &[(&str, &str)]) -> Agent {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
         let api_port = free_port(false);
         let amqp_port = free_port(true);
+        let flags = vec![
+            "--api-port".into(),
+            api_port.to_string(),
+            "--amqp-port".into(),
+            amqp_port.to_string(),
+        ];
+        Self::launch(root, name, slots, flags, env, (api_port, amqp_port), None)
+    }
+
+    /// Starts an agent with no flags on host `i` of a test LAN: the defaults of a real
+    /// device (mDNS on every interface at 5353, API on 8080, AMQP on 5672).
+    pub fn on_lan(lan: &lan::Lan, i: usize, slots: u32, env: &[(&str, &str)]) -> Agent {
+        let host = Some((lan.netns(i), lan.ip(i)));
+        Self::launch(
+            lan.root(),
+            &format!("host{i}"),
+            slots,
+            vec![],
+            env,
+            (8080, 5672),
+            host,
+        )
+    }
+
+    /// Starts an agent named `name` with its own data dir under `root`, `--slots`,
+    /// `--name` and `flags`; `host` is the test LAN namespace and address it runs at.
+    fn launch(
+        root: &Path,
+        name: &str,
+        slots: u32,
+        flags: Vec<String>,
+        env: &[(&str, &str)],
+        (api_port, amqp_port): (u16, u16),
+        host: Option<(String, String)>,
+    ) -> Agent {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args = vec![
+            "--data-dir".to_string(),
+            dir.join("data").display().to_string(),
+            "--slots".into(),
+            slots.to_string(),
+            "--name".into(),
+            name.into(),
+        ];
+        args.extend(flags);
+        let (netns, host) = match host {
+            Some((ns, ip)) => (Some(ns), ip),
+            None => (None, "127.0.0.1".to_string()),
+        };
         let mut a = Agent {
             name: name.into(),
-            args: vec![
-                "--data-dir".into(),
-                dir.join("data").display().to_string(),
-                "--api-port".into(),
-                api_port.to_string(),
-                "--amqp-port".into(),
-                amqp_port.to_string(),
-                "--slots".into(),
-                slots.to_string(),
-                "--name".into(),
-                name.into(),
-            ],
+            args,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -149,39 +189,8 @@ impl Agent {
             api_port,
             amqp_port,
             child: None,
-            netns: None,
-            host: "127.0.0.1".into(),
-        };
-        a.spawn();
-        a
-    }
-
-    /// Starts an agent with no flags on host `i` of a test LAN: the defaults of a real
-    /// device (mDNS on every interface at 5353, API on 8080, AMQP on 5672).
-    pub fn on_lan(lan: &lan::Lan, i: usize, slots: u32, env: &[(&str, &str)]) -> Agent {
-        let name = format!("host{i}");
-        let dir = lan.root().join(&name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut a = Agent {
-            name: name.clone(),
-            args: vec![
-                "--data-dir".into(),
-                dir.join("data").display().to_string(),
-                "--slots".into(),
-                slots.to_string(),
-                "--name".into(),
-                name,
-            ],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            dir,
-            api_port: 8080,
-            amqp_port: 5672,
-            child: None,
-            netns: Some(lan.netns(i)),
-            host: lan.ip(i),
+            netns,
+            host,
         };
         a.spawn();
         a
@@ -205,38 +214,16 @@ impl Agent {
         slots: u32,
         env: &[(&str, &str)],
     ) -> Agent {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
         let api_port = free_port(false);
-        let mut a = Agent {
-            name: name.into(),
-            args: vec![
-                "--data-dir".into(),
-                dir.join("data").display().to_string(),
-                "--api-port".into(),
-                api_port.to_string(),
-                "--join".into(),
-                orch.url(),
-                "--token".into(),
-                orch.join_token(),
-                "--slots".into(),
-                slots.to_string(),
-                "--name".into(),
-                name.into(),
-            ],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            dir,
-            api_port,
-            amqp_port: 0,
-            child: None,
-            netns: None,
-            host: "127.0.0.1".into(),
-        };
-        a.spawn();
-        a
+        let flags = vec![
+            "--api-port".into(),
+            api_port.to_string(),
+            "--join".into(),
+            orch.url(),
+            "--token".into(),
+            orch.join_token(),
+        ];
+        Self::launch(root, name, slots, flags, env, (api_port, 0), None)
     }
 
     pub fn url(&self) -> String {
