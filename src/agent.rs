@@ -9,17 +9,15 @@
 //! none and no lower-numbered newcomer in view. Every agent with free slots is also a
 //! worker.
 
-use crate::api::{self, ApiState};
-use crate::broker::server::{BrokerUser, RabbitServer, ServerSpec, ADMIN_USER};
 use crate::client::Client;
 use crate::config::Config;
 use crate::discovery::{Advert, Discovery, Role};
 use crate::enrollment::EnrollRequest;
 use crate::identity::{self, DataDir};
-use crate::orchestrator::{ClusterSecrets, JoinRequest, Orchestrator};
+use crate::member::{self, MemberSpec};
+use crate::orchestrator::ClusterSecrets;
 use crate::runtime::Runtime;
-use crate::store::{NodeRecord, Store};
-use crate::worker::{BrokerAccess, Worker, WorkerSettings};
+use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,11 +40,15 @@ pub enum AgentError {
     #[error(transparent)]
     Orchestrator(#[from] crate::orchestrator::OrchestratorError),
     #[error(transparent)]
-    Api(#[from] api::ApiError),
+    Api(#[from] crate::api::ApiError),
     #[error("cannot join {url}: {message}")]
     Join { url: String, message: String },
     #[error(transparent)]
     Discovery(#[from] crate::discovery::DiscoveryError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("cannot take over as orchestrator: {0}")]
+    TakeOver(String),
 }
 
 /// Where a worker found its orchestrator; kept so a restart rejoins without flags.
@@ -102,13 +104,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     };
     let result = match decide(&config, &dir, &node_id, discovery.as_deref(), &shutdown).await {
         Ok(Decision::Orchestrate) => {
-            run_orchestrator(
+            found(
                 &config, &dir, &node_id, runtime, discovery, &shutdown, &tasks,
             )
             .await
         }
         Ok(Decision::Join(m)) => {
-            run_worker(
+            join(
                 &config, &dir, &node_id, m, runtime, discovery, &shutdown, &tasks,
             )
             .await
@@ -346,7 +348,8 @@ async fn enroll(
     }))
 }
 
-async fn run_orchestrator(
+/// Founds a cluster (or runs the one this data dir founded): this node is its first voter.
+async fn found(
     config: &Config,
     dir: &DataDir,
     node_id: &str,
@@ -366,104 +369,26 @@ async fn run_orchestrator(
             identity::random_secret,
         )?,
     };
-    tracing::info!(cluster = %secrets.cluster_id, "orchestrating (join token: `kraken token`)");
     let store = Store::open(&dir.store_dir())?;
     tracing::info!(path = %dir.store_dir().display(), "store open");
-    let now = crate::now_ms();
-    let previous = store.node(node_id)?;
-    store.put_node(&NodeRecord {
-        id: node_id.to_owned(),
-        name: config.node.name.clone(),
-        address: crate::discovery::own_address(&config.api.advertise),
-        api_port: config.api.port,
-        version: crate::VERSION.to_owned(),
-        joined_at: previous.as_ref().map_or(now, |p| p.joined_at),
-        last_seen: now,
-        slots: config.worker.slots,
-        stats: previous.and_then(|p| p.stats),
-    })?;
-    store.flush().await?;
-
-    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
-    let rabbit = if config.broker.url.is_empty() {
-        let mut users = vec![BrokerUser {
-            name: ADMIN_USER.into(),
-            password: identity::broker_password(&secrets.join_token, ADMIN_USER),
-            admin: true,
-        }];
-        users.extend(store.nodes()?.into_iter().map(|n| BrokerUser {
-            password: identity::broker_password(&secrets.join_token, &n.id),
-            name: n.id,
-            admin: false,
-        }));
-        let spec = ServerSpec {
-            node_name: format!("kraken-{}@localhost", config.broker.amqp_port),
-            amqp_port: config.broker.amqp_port,
-            dist_port: config.dist_port(),
-            dir: dir.broker_dir(),
-            vhost: format!("kraken-{}", secrets.cluster_id),
-            server_bin: config.broker.server_bin.clone(),
-            ctl_bin: config.broker.ctl_bin.clone(),
-        };
-        let rabbit = Arc::new(RabbitServer::new(spec, users)?);
-        let r = rabbit.clone();
-        let token = shutdown.child_token();
-        tasks.spawn(async move { r.supervise(token, ready_tx).await });
-        Some(rabbit)
-    } else {
-        tracing::info!("using the external broker from broker.url");
-        let _ = ready_tx.send(true);
-        None
+    let spec = MemberSpec {
+        cluster_id: secrets.cluster_id.clone(),
+        join_token: secrets.join_token.clone(),
+        founder: Some(secrets),
+        newborn,
+        orchestrator_url: None,
+        amqp_url: None,
     };
-
-    let orch = Orchestrator::new(
-        config.clone(),
-        store,
-        secrets.clone(),
-        node_id.to_owned(),
-        rabbit,
-    )?;
-    orch.clone()
-        .run(ready_rx, shutdown.child_token(), tasks)
-        .await;
-    if newborn && config.orchestrator.enrollment_secs > 0 {
-        orch.open_enrollment(config.orchestrator.enrollment_secs)
-            .await?;
-        tracing::info!(
-            secs = config.orchestrator.enrollment_secs,
-            "new cluster: devices that find it over mDNS are admitted by themselves for now"
-        );
-    }
-    if let Some(d) = &discovery {
-        d.update(|a| {
-            a.role = Role::Orchestrator;
-            a.cluster = secrets.cluster_id.clone();
-        });
-    }
-
-    let state = ApiState {
-        schema: Some(api::graphql::schema(orch.clone(), discovery.clone())),
-        orch: Some(orch.clone()),
-        operator_token: Some(secrets.operator_token.clone()),
-        public_reads: config.api.public_reads,
-        discovery,
-    };
-    spawn_api(config, state, shutdown, tasks);
-
-    let worker = Worker::new(worker_settings(config, node_id), runtime);
-    worker.start(
-        BrokerAccess {
-            url: orch.amqp_url(node_id),
-            locate: None,
-        },
-        shutdown.child_token(),
-        tasks,
-    );
-    Ok(())
+    member::run(
+        config, dir, node_id, store, runtime, discovery, spec, shutdown, tasks,
+    )
+    .await
 }
 
+/// Joins the cluster of `membership` (the first time, the join handshake happens here and
+/// the membership is saved; later the member finds the orchestrator wherever it is now).
 #[allow(clippy::too_many_arguments)]
-async fn run_worker(
+async fn join(
     config: &Config,
     dir: &DataDir,
     node_id: &str,
@@ -473,123 +398,65 @@ async fn run_worker(
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<(), AgentError> {
-    let state = ApiState {
-        orch: None,
-        schema: None,
-        operator_token: None,
-        public_reads: false,
-        discovery: discovery.clone(),
-    };
-    spawn_api(config, state, shutdown, tasks);
-
-    let client = Client::new(&membership.url, None);
-    let request = JoinRequest {
-        node_id: node_id.to_owned(),
-        name: config.node.name.clone(),
-        version: crate::VERSION.to_owned(),
-        api_port: config.api.port,
-        slots: config.worker.slots,
-        server_nonce: String::new(),
-        client_nonce: String::new(),
-        proof: String::new(),
-    };
-    let mut backoff = Duration::from_millis(250);
-    let joined = loop {
-        match client.join(&membership.token, request.clone()).await {
-            Ok(resp) => break resp,
-            Err(crate::client::ClientError::Refused {
-                status: 401,
-                message,
-                ..
-            }) => {
-                return Err(AgentError::Join {
-                    url: membership.url.clone(),
+    let mut amqp = None;
+    if membership.cluster.is_empty() {
+        let client = Client::new(&membership.url, None);
+        let request = member::join_request(config, node_id);
+        let mut backoff = Duration::from_millis(250);
+        let joined = loop {
+            match client.join(&membership.token, request.clone()).await {
+                Ok(resp) => break resp,
+                Err(crate::client::ClientError::Refused {
+                    status: 401,
                     message,
-                })
-            }
-            Err(e @ crate::client::ClientError::Impostor(_)) => {
-                return Err(AgentError::Join {
-                    url: membership.url.clone(),
-                    message: e.to_string(),
-                })
-            }
-            Err(error) => {
-                tracing::warn!(%error, url = %membership.url, "join failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                    ..
+                }) => {
+                    return Err(AgentError::Join {
+                        url: membership.url.clone(),
+                        message,
+                    })
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                Err(e @ crate::client::ClientError::Impostor(_)) => {
+                    return Err(AgentError::Join {
+                        url: membership.url.clone(),
+                        message: e.to_string(),
+                    })
+                }
+                Err(error) => {
+                    tracing::warn!(%error, url = %membership.url, "join failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
-        }
-    };
-    if !membership.cluster.is_empty() && membership.cluster != joined.cluster_id {
-        return Err(AgentError::Join {
-            url: membership.url.clone(),
-            message: format!(
-                "it leads cluster {}, but this device belongs to cluster {}",
-                joined.cluster_id, membership.cluster
-            ),
-        });
-    }
-    membership.cluster = joined.cluster_id.clone();
-    tracing::info!(cluster = %joined.cluster_id, url = %membership.url, "joined the cluster");
-    if let Some(d) = &discovery {
-        d.update(|a| {
-            a.role = Role::Worker;
-            a.cluster = joined.cluster_id.clone();
-        });
+        };
+        membership.cluster = joined.cluster_id.clone();
+        tracing::info!(cluster = %joined.cluster_id, url = %membership.url, "joined the cluster");
+        amqp = Some(member::amqp_url(
+            config,
+            &membership.url,
+            node_id,
+            &membership.token,
+            &joined,
+        ));
     }
     identity::write_secret(
         &dir.membership_file(),
         &serde_json::to_string(&membership).unwrap_or_default(),
     )?;
-    let url = match joined.amqp_port {
-        Some(port) => {
-            let host = reqwest::Url::parse(&membership.url)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_owned))
-                .unwrap_or_else(|| "127.0.0.1".into());
-            let password = identity::broker_password(&membership.token, node_id);
-            format!("amqp://{node_id}:{password}@{host}:{port}/{}", joined.vhost)
-        }
-        None => config.broker.url.clone(),
+    let store = Store::open(&dir.store_dir())?;
+    let spec = MemberSpec {
+        cluster_id: membership.cluster.clone(),
+        join_token: membership.token.clone(),
+        founder: None,
+        newborn: false,
+        orchestrator_url: Some(membership.url.clone()),
+        amqp_url: amqp,
     };
-    let worker = Worker::new(worker_settings(config, node_id), runtime);
-    // the orchestrator is found again by its cluster when its address changes
-    let locate = discovery.clone().map(|d| {
-        let cluster = joined.cluster_id.clone();
-        Arc::new(move || {
-            d.orchestrators(Some(&cluster))
-                .first()
-                .and_then(|o| o.addresses.first())
-                .map(|ip| ip.to_string())
-        }) as crate::worker::Locate
-    });
-    worker.start(BrokerAccess { url, locate }, shutdown.child_token(), tasks);
-    Ok(())
-}
-
-fn spawn_api(config: &Config, state: ApiState, shutdown: &CancellationToken, tasks: &TaskTracker) {
-    let bind = config.api.bind.clone();
-    let port = config.api.port;
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        tracing::info!(%bind, port, "api listening");
-        if let Err(error) = api::serve(state, &bind, port, token.clone()).await {
-            tracing::error!(%error, "api stopped");
-            token.cancel();
-        }
-    });
-}
-
-fn worker_settings(config: &Config, node_id: &str) -> WorkerSettings {
-    WorkerSettings {
-        node_id: node_id.to_owned(),
-        slots: config.worker.slots,
-        heartbeat: Duration::from_millis(config.worker.heartbeat_ms),
-        prefetch: config.broker.prefetch,
-        data_dir: config.node.data_dir.clone(),
-        config: Arc::new(config.clone()),
-    }
+    member::run(
+        config, dir, node_id, store, runtime, discovery, spec, shutdown, tasks,
+    )
+    .await
 }

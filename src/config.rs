@@ -38,6 +38,30 @@ pub struct Config {
     pub spacedock: SpacedockConfig,
     pub netkan: NetkanConfig,
     pub discovery: DiscoveryConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Raft: who votes, how fast a dead leader is replaced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Voters the cluster grows to: 1, 3 or 5 (3 survives one dead device, 5 two).
+    pub voters: u32,
+    /// A follower that hears no leader for this long (to twice it) calls an election,
+    /// milliseconds.
+    pub election_ms: u64,
+    /// A voter silent this long is replaced by a live node when one is free, milliseconds.
+    pub voter_grace_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            voters: 3,
+            election_ms: 1000,
+            voter_grace_ms: 30_000,
+        }
+    }
 }
 
 /// Finding the other devices over mDNS.
@@ -81,7 +105,7 @@ impl Default for NodeConfig {
         Self {
             name: hostname(),
             data_dir: PathBuf::from("/var/lib/kraken"),
-            log: "info,rocket=warn,rocket::launch=warn,lapin=off".into(),
+            log: "info,rocket=warn,rocket::launch=warn,lapin=off,openraft=off".into(),
         }
     }
 }
@@ -460,6 +484,18 @@ impl Config {
                 ),
             );
         }
+        if ![1, 3, 5].contains(&self.cluster.voters) {
+            return invalid(
+                "cluster.voters",
+                format!("{} is not 1, 3 or 5", self.cluster.voters),
+            );
+        }
+        if !(200..=60_000).contains(&self.cluster.election_ms) {
+            return invalid(
+                "cluster.election_ms",
+                "must be between 200 and 60000".into(),
+            );
+        }
         if self.orchestrator.max_attempts == 0 {
             return invalid("orchestrator.max_attempts", "must be at least 1".into());
         }
@@ -506,7 +542,8 @@ impl Config {
 }
 
 /// The config sections an environment variable may address.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
+    "cluster",
     "node",
     "api",
     "broker",

@@ -163,6 +163,18 @@ pub fn accept_proof(token: &str, client_nonce: &str, node_id: &str) -> String {
 }
 
 /// The AMQP password of a node, derived from the token; never sent over the network.
+/// The signature of a Raft RPC from `node`: an HMAC of the path and body under that node's
+/// secret (itself derived from the cluster token, so every member can check any other).
+pub fn rpc_signature(token: &str, node: &str, path: &str, body: &[u8]) -> String {
+    let secret = mac(token, &["raft", node]);
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
+    let mut m = HmacSha256::new_from_slice(secret.as_bytes()).expect("hmac takes any key length");
+    m.update(path.as_bytes());
+    m.update(b"\x1f");
+    m.update(body);
+    hex::encode(m.finalize().into_bytes())
+}
+
 pub fn broker_password(token: &str, node_id: &str) -> String {
     mac(token, &["amqp", node_id])
 }

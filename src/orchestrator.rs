@@ -150,6 +150,8 @@ pub struct Orchestrator {
     wake: Notify,
     notices: broadcast::Sender<JobNotice>,
     nonces: Mutex<HashMap<String, Instant>>,
+    /// Whether the work queues were emptied at this orchestrator's first connection.
+    purged: std::sync::atomic::AtomicBool,
     pub counters: Counters,
     /// Admission of devices without a token.
     pub enrollment: Enrollment,
@@ -244,6 +246,7 @@ impl Orchestrator {
             wake: Notify::new(),
             notices: broadcast::channel(4096).0,
             nonces: Mutex::new(HashMap::new()),
+            purged: Default::default(),
             counters: Counters::default(),
             enrollment,
         }))
@@ -328,6 +331,32 @@ impl Orchestrator {
     }
 
     /// Jobs assigned to or running on each node.
+    /// How long a node has not been heard from (`None`: heard within the grace period).
+    /// Nodes never heard by this orchestrator count from its start.
+    pub fn silent_for(&self, node: &str) -> Option<Duration> {
+        if node == self.self_id {
+            return None;
+        }
+        let grace = Duration::from_millis(self.config.orchestrator.grace_ms);
+        let s = lock(&self.sched);
+        match s.live.get(node) {
+            Some(l) if l.heard && l.last_seen.elapsed() < grace => None,
+            Some(l) => Some(l.last_seen.elapsed()),
+            None => Some(Duration::MAX),
+        }
+    }
+
+    /// Live nodes other than this one, longest members first (who may become voters).
+    pub fn live_nodes(&self) -> Result<Vec<String>, OrchestratorError> {
+        let mut nodes = self.store.nodes()?;
+        nodes.sort_by_key(|n| n.joined_at);
+        Ok(nodes
+            .into_iter()
+            .filter(|n| n.id != self.self_id && self.silent_for(&n.id).is_none())
+            .map(|n| n.id)
+            .collect())
+    }
+
     pub fn active_per_node(&self) -> HashMap<String, u32> {
         let mut out = HashMap::new();
         for node in lock(&self.sched).active.values() {
@@ -1117,11 +1146,20 @@ impl Orchestrator {
                 }
             }
             let url = self.amqp_url(ADMIN_USER);
+            let first = !self.purged.load(std::sync::atomic::Ordering::Relaxed);
             let session = async {
                 let broker = Arc::new(Broker::connect(&url, "kraken-orchestrator").await?);
                 broker.declare_topology().await?;
                 for node in self.store.nodes()? {
                     broker.declare_work_queue(&node.id).await?;
+                    // work requests left from an earlier term would run jobs the store
+                    // has since placed elsewhere or finished: the store decides alone
+                    if first {
+                        let n = broker.purge_work_queue(&node.id).await?;
+                        if n > 0 {
+                            tracing::info!(node = %node.id, dropped = n, "dropped work requests of an earlier term; their jobs are placed again");
+                        }
+                    }
                 }
                 Ok::<_, OrchestratorError>(broker)
             };
@@ -1138,6 +1176,8 @@ impl Orchestrator {
                 }
             };
             backoff = Duration::from_millis(200);
+            self.purged
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::info!("orchestrator connected to the broker");
             // no heartbeat could arrive while we had no broker: nobody is late yet
             for live in lock(&self.sched).live.values_mut() {

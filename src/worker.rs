@@ -21,39 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-/// Where the orchestrator is now (its address, as discovery last saw it).
-pub type Locate = Arc<dyn Fn() -> Option<String> + Send + Sync>;
-
-/// How a worker reaches its cluster's broker.
-#[derive(Clone)]
-pub struct BrokerAccess {
-    pub url: String,
-    /// Finds the orchestrator's current address; when it differs from the URL's host, the
-    /// worker reconnects there (the orchestrator got a new address from DHCP).
-    pub locate: Option<Locate>,
-}
-
-impl BrokerAccess {
-    /// The URL with the host `locate` finds now, and that host.
-    fn current(&self) -> (String, Option<String>) {
-        let Ok(mut u) = reqwest::Url::parse(&self.url) else {
-            return (self.url.clone(), None);
-        };
-        if let Some(host) = self.locate.as_ref().and_then(|l| l()) {
-            if u.set_host(Some(&host)).is_ok() {
-                return (u.to_string(), Some(host));
-            }
-        }
-        let host = u.host_str().map(str::to_owned);
-        (self.url.clone(), host)
-    }
-
-    /// Whether the orchestrator now is somewhere other than `host`.
-    fn moved_from(&self, host: &Option<String>) -> Option<String> {
-        let now = self.locate.as_ref().and_then(|l| l())?;
-        (host.as_deref() != Some(now.as_str())).then_some(now)
-    }
-}
+/// Where the worker finds its cluster's broker now: the AMQP URL of the orchestrator it
+/// follows (`None` while there is none). When it changes (a new leader, a new address) the
+/// worker reconnects there.
+pub type BrokerAccess = watch::Receiver<Option<String>>;
 
 /// Settings of one worker.
 #[derive(Debug, Clone)]
@@ -136,14 +107,21 @@ impl Worker {
 
     async fn session_loop(
         self: Arc<Self>,
-        access: BrokerAccess,
+        mut access: BrokerAccess,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
         let mut backoff = Duration::from_millis(200);
         let name = format!("kraken-worker-{}", self.settings.node_id);
         while !shutdown.is_cancelled() {
-            let (url, host) = access.current();
+            let current = access.borrow_and_update().clone();
+            let Some(url) = current else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = access.changed() => if r.is_err() { shutdown.cancelled().await; return },
+                }
+                continue;
+            };
             let connected = async {
                 let broker = Arc::new(Broker::connect(&url, &name).await?);
                 let queue = work_queue(&self.settings.node_id);
@@ -159,6 +137,7 @@ impl Worker {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
+                        _ = access.changed() => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -168,14 +147,16 @@ impl Worker {
             tracing::info!(node = %self.settings.node_id, "worker connected to the broker");
             self.broker.send_replace(Some(broker.clone()));
             self.outbox_ready.notify_one();
-            let mut check = tokio::time::interval(Duration::from_secs(1));
             loop {
                 let delivery = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     d = consumer.next() => d,
-                    _ = check.tick() => {
-                        if let Some(now) = access.moved_from(&host) {
-                            tracing::info!(address = %now, "the orchestrator has a new address; reconnecting there");
+                    r = access.changed() => {
+                        if r.is_err() {
+                            continue;
+                        }
+                        if access.borrow().as_deref() != Some(url.as_str()) {
+                            tracing::info!("the cluster's broker moved (a new orchestrator or address); reconnecting there");
                             break;
                         }
                         continue;
@@ -530,33 +511,4 @@ async fn publish_all(
         p.confirmed().await?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_broker_url_follows_the_orchestrators_address() {
-        let at = Arc::new(Mutex::new(None::<String>));
-        let seen = at.clone();
-        let access = BrokerAccess {
-            url: "amqp://n1:pw@10.0.0.5:5672/kraken-c?frame_max=16384".into(),
-            locate: Some(Arc::new(move || lock(&seen).clone())),
-        };
-        // not in view: the URL as it is
-        let (url, host) = access.current();
-        assert_eq!(url, access.url);
-        assert_eq!(host.as_deref(), Some("10.0.0.5"));
-        assert_eq!(access.moved_from(&host), None);
-        // seen where it was: no move
-        *lock(&at) = Some("10.0.0.5".into());
-        assert_eq!(access.moved_from(&host), None);
-        // seen elsewhere: a move, and the next URL goes there
-        *lock(&at) = Some("10.0.0.9".into());
-        assert_eq!(access.moved_from(&host).as_deref(), Some("10.0.0.9"));
-        let (url, host) = access.current();
-        assert_eq!(url, "amqp://n1:pw@10.0.0.9:5672/kraken-c?frame_max=16384");
-        assert_eq!(access.moved_from(&host), None);
-    }
 }

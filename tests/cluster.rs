@@ -341,6 +341,7 @@ async fn a_work_request_lost_in_a_crash_is_placed_again() {
             })
             .unwrap()
             .unwrap();
+        store.commit_working_offline().unwrap();
         store.flush().await.unwrap();
     }
 

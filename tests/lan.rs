@@ -126,9 +126,9 @@ async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries
         "the workers follow the orchestrator",
         Duration::from_secs(60),
         || async {
-            let moved = agents[worker]
-                .log()
-                .contains("the orchestrator has a new address");
+            let moved = agents[worker].log().lines().any(|l| {
+                l.contains("following the orchestrator") && l.contains(&format!("//{new_ip}:"))
+            });
             if moved {
                 all_alive().await
             } else {

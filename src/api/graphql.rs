@@ -1,6 +1,7 @@
 //! The GraphQL schema: queries over nodes and jobs, the `enqueueJob`, `enqueueInflate` and
 //! `cancelJob` mutations (operator token), and the `jobEvents` subscription.
 
+use crate::cluster::Cluster;
 use crate::discovery::{Discovery, Role};
 use crate::orchestrator::{JobNotice, JobRequest, Orchestrator};
 use crate::store::{Attempt, Isolation, JobRecord, JobState, LogLine, NodeRecord, NodeStats};
@@ -17,10 +18,15 @@ pub struct Auth {
     pub operator: bool,
 }
 
-pub fn schema(orch: Arc<Orchestrator>, discovery: Option<Arc<Discovery>>) -> KrakenSchema {
+pub fn schema(
+    orch: Arc<Orchestrator>,
+    discovery: Option<Arc<Discovery>>,
+    cluster: Option<Arc<Cluster>>,
+) -> KrakenSchema {
     Schema::build(Query, Mutation, Subscription)
         .data(orch)
         .data(discovery)
+        .data(cluster)
         .limit_depth(12)
         .limit_complexity(5000)
         .finish()
@@ -126,9 +132,32 @@ impl Query {
             .and_then(|d| d.as_ref())
             .map(|d| d.devices())
             .unwrap_or_default();
+        let raft = ctx
+            .data_opt::<Option<Arc<Cluster>>>()
+            .and_then(|c| c.as_ref())
+            .map(|c| c.view());
+        let voters = raft.as_ref().map(|r| r.voters.clone()).unwrap_or_default();
         Ok(ClusterView {
             id: o.secrets().cluster_id.clone(),
             orchestrator: o.self_id().to_owned(),
+            leader: raft.as_ref().and_then(|r| r.leader.clone()),
+            term: raft
+                .as_ref()
+                .map_or(0, |r| r.term.min(i32::MAX as u64) as i32),
+            failover_possible: voters.len() >= 3,
+            learners: raft.map(|r| r.learners).unwrap_or_default(),
+            nodes: o
+                .store()
+                .nodes()?
+                .into_iter()
+                .map(|n| {
+                    let voter = voters.contains(&n.id);
+                    let mut v = NodeView::new(o, n);
+                    v.voter = voter;
+                    v
+                })
+                .collect(),
+            voters,
             version: crate::VERSION.to_owned(),
             queued_jobs: o.queued_count() as i32,
             enrollment_open: o.enrollment.remaining().is_some(),
@@ -153,6 +182,19 @@ impl Query {
 pub struct ClusterView {
     id: String,
     orchestrator: String,
+    /// The Raft leader (the orchestrator, once it has taken over).
+    leader: Option<String>,
+    /// The Raft term: it grows by one at every election.
+    term: i32,
+    /// The nodes that elect the leader.
+    voters: Vec<String>,
+    /// Nodes catching up with the log before they vote.
+    learners: Vec<String>,
+    /// Whether another node takes over when the orchestrator dies (three voters or more;
+    /// with fewer, the cluster waits for it to come back).
+    failover_possible: bool,
+    /// Every node that ever joined, with its health.
+    nodes: Vec<NodeView>,
     version: String,
     queued_jobs: i32,
     /// Whether new devices are admitted without approval right now.
@@ -434,6 +476,7 @@ pub struct NodeView {
     node: NodeRecord,
     alive: bool,
     orchestrator: bool,
+    voter: bool,
     running: u32,
 }
 
@@ -442,6 +485,7 @@ impl NodeView {
         Self {
             alive: o.is_alive(&node.id),
             orchestrator: node.id == o.self_id(),
+            voter: false,
             running: o.active_per_node().get(&node.id).copied().unwrap_or(0),
             node,
         }
@@ -464,6 +508,10 @@ impl NodeView {
     }
     async fn version(&self) -> &str {
         &self.node.version
+    }
+    /// Whether it elects the leader (see `cluster { voters }`).
+    async fn voter(&self) -> bool {
+        self.voter
     }
     /// `orchestrator` or `worker`.
     async fn role(&self) -> &str {

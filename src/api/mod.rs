@@ -7,6 +7,8 @@
 
 pub mod graphql;
 
+use crate::cluster::network::{NODE_HEADER, SIGNATURE_HEADER};
+use crate::cluster::{Cluster, ClusterError};
 use crate::enrollment::{EnrollRequest, EnrollmentError};
 use crate::identity;
 use crate::orchestrator::{JobRequest, JoinRequest, Orchestrator, OrchestratorError};
@@ -33,8 +35,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
-    #[error("this node is a worker; ask the orchestrator")]
-    NotOrchestrator,
+    /// This node does not orchestrate now; the message says who does, or that there is no
+    /// quorum.
+    #[error("{0}")]
+    NotOrchestrator(String),
     #[error("{0}")]
     Internal(String),
     #[error("cannot start the API: {0}")]
@@ -47,7 +51,7 @@ impl ApiError {
             Self::Unauthorized(_) => Status::Unauthorized,
             Self::NotFound(_) => Status::NotFound,
             Self::BadRequest(_) => Status::BadRequest,
-            Self::NotOrchestrator => Status::ServiceUnavailable,
+            Self::NotOrchestrator(_) => Status::ServiceUnavailable,
             Self::Internal(_) | Self::Launch(_) => Status::InternalServerError,
         }
     }
@@ -69,6 +73,9 @@ impl From<OrchestratorError> for ApiError {
                 Self::NotFound(e.to_string())
             }
             OrchestratorError::Enrollment(_) => Self::BadRequest(e.to_string()),
+            OrchestratorError::Store(crate::store::StoreError::NoQuorum(_)) => {
+                Self::NotOrchestrator(e.to_string())
+            }
             OrchestratorError::Store(_) | OrchestratorError::Broker(_) => {
                 Self::Internal(e.to_string())
             }
@@ -78,7 +85,10 @@ impl From<OrchestratorError> for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        Self::Internal(e.to_string())
+        match e {
+            crate::store::StoreError::NoQuorum(_) => Self::NotOrchestrator(e.to_string()),
+            _ => Self::Internal(e.to_string()),
+        }
     }
 }
 
@@ -97,19 +107,61 @@ impl<'r> Responder<'r, 'static> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The orchestrator the API serves while this node leads.
+#[derive(Clone)]
+pub struct Live {
+    pub orch: Arc<Orchestrator>,
+    pub schema: KrakenSchema,
+    pub operator_token: String,
+}
+
+/// Where the leading node puts its orchestrator for the API, and takes it away again.
+pub type LiveSlot = Arc<std::sync::RwLock<Option<Live>>>;
+
 /// What the API serves from.
 pub struct ApiState {
-    pub orch: Option<Arc<Orchestrator>>,
-    pub schema: Option<KrakenSchema>,
-    pub operator_token: Option<String>,
+    pub live: LiveSlot,
+    /// This node's Raft: who leads, and the RPCs between voters.
+    pub cluster: Option<Arc<Cluster>>,
     pub public_reads: bool,
     /// The devices in view over mDNS, when discovery is on.
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
 }
 
 impl ApiState {
-    fn orch(&self) -> ApiResult<&Arc<Orchestrator>> {
-        self.orch.as_ref().ok_or(ApiError::NotOrchestrator)
+    fn live(&self) -> ApiResult<Live> {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
+        live.ok_or_else(|| ApiError::NotOrchestrator(self.not_leading()))
+    }
+
+    fn orch(&self) -> ApiResult<Arc<Orchestrator>> {
+        Ok(self.live()?.orch)
+    }
+
+    fn operator_token(&self) -> Option<String> {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        live.as_ref().map(|l| l.operator_token.clone())
+    }
+
+    /// Why this node cannot answer for the cluster, and who can.
+    fn not_leading(&self) -> String {
+        let Some(cluster) = &self.cluster else {
+            return "this node does not orchestrate".into();
+        };
+        let view = cluster.view();
+        match view.leader.as_deref() {
+            Some(leader) if leader == cluster.self_id() && !view.leading => {
+                "no quorum: this node cannot reach a majority of the cluster's voters; it accepts no writes until it can".into()
+            }
+            Some(leader) if leader == cluster.self_id() => {
+                "this node was just elected and is taking over; try again in a moment".into()
+            }
+            Some(leader) => match cluster.api_url_of(leader) {
+                Some(url) => format!("this node does not orchestrate; the orchestrator is {leader} at {url}"),
+                None => format!("this node does not orchestrate; the orchestrator is {leader}"),
+            },
+            None => "no orchestrator: the cluster is electing one, or this node cannot reach a majority of its voters (no quorum)".into(),
+        }
     }
 }
 
@@ -121,8 +173,8 @@ fn bearer<'a>(req: &'a Request<'_>) -> Option<&'a str> {
 }
 
 fn is_operator(req: &Request<'_>, state: &ApiState) -> bool {
-    match (bearer(req), &state.operator_token) {
-        (Some(given), Some(token)) => identity::macs_equal(given, token),
+    match (bearer(req), state.operator_token()) {
+        (Some(given), Some(token)) => identity::macs_equal(given, &token),
         _ => false,
     }
 }
@@ -202,7 +254,84 @@ fn cluster(_r: Reader, s: &State<ApiState>) -> ApiResult<Json<Value>> {
         "queued_jobs": o.queued_count(),
         "enrollment_open": o.enrollment.remaining().is_some(),
         "devices": devices,
+        "raft": s.cluster.as_ref().map(|c| c.view()),
     })))
+}
+
+/// Who leads, as this node's Raft knows it: any node answers, without a token (the same
+/// facts every agent publishes over mDNS).
+#[get("/api/v1/leader")]
+fn leader(s: &State<ApiState>) -> Json<Value> {
+    let Some(cluster) = &s.cluster else {
+        return Json(json!({ "leader": null }));
+    };
+    let view = cluster.view();
+    let url = view.leader.as_deref().and_then(|l| cluster.api_url_of(l));
+    Json(json!({
+        "node": cluster.self_id(),
+        "leader": view.leader,
+        "leader_url": url,
+        "term": view.term,
+        "leading": view.leading,
+        "state": view.state,
+        "voters": view.voters,
+    }))
+}
+
+/// The sender and signature of a Raft RPC.
+pub struct RpcAuth {
+    node: String,
+    signature: String,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for RpcAuth {
+    type Error = ApiError;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ApiError> {
+        let h = |name| req.headers().get_one(name).unwrap_or_default().to_owned();
+        Outcome::Success(RpcAuth {
+            node: h(NODE_HEADER),
+            signature: h(SIGNATURE_HEADER),
+        })
+    }
+}
+
+/// A Raft RPC from another voter.
+#[post("/raft/<op>", data = "<body>")]
+async fn raft_rpc(
+    s: &State<ApiState>,
+    op: &str,
+    auth: RpcAuth,
+    body: rocket::data::Data<'_>,
+    ip: Option<IpAddr>,
+) -> ApiResult<(ContentType, Vec<u8>)> {
+    let cluster = s
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("this node runs no raft".into()))?;
+    let body = body
+        .open(rocket::data::ByteUnit::Mebibyte(64))
+        .into_bytes()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("cannot read the request: {e}")))?;
+    if !body.is_complete() {
+        return Err(ApiError::BadRequest(
+            "raft message larger than 64 MiB".into(),
+        ));
+    }
+    match cluster
+        .serve_rpc(op, &auth.node, &auth.signature, &body.into_inner())
+        .await
+    {
+        Ok(out) => Ok((ContentType::JSON, out)),
+        Err(e @ ClusterError::Unauthorized(_)) => {
+            tracing::warn!(error = %e, from = ?ip, "raft rpc refused");
+            Err(ApiError::Unauthorized(
+                "raft rpc refused: not signed by a member of this cluster",
+            ))
+        }
+        Err(e) => Err(ApiError::BadRequest(e.to_string())),
+    }
 }
 
 #[get("/api/v1/nodes")]
@@ -504,8 +633,8 @@ async fn graphql_post(
     s: &State<ApiState>,
     request: GraphQLRequest,
 ) -> ApiResult<GraphQLResponse> {
-    let schema = s.schema.as_ref().ok_or(ApiError::NotOrchestrator)?;
-    Ok(request.data(caller.0).execute(schema).await)
+    let schema = s.live()?.schema;
+    Ok(request.data(caller.0).execute(&schema).await)
 }
 
 #[get("/graphql?<query..>")]
@@ -514,9 +643,9 @@ async fn graphql_get(
     s: &State<ApiState>,
     query: GraphQLQuery,
 ) -> ApiResult<GraphQLResponse> {
-    let schema = s.schema.as_ref().ok_or(ApiError::NotOrchestrator)?;
+    let schema = s.live()?.schema;
     let request: GraphQLRequest = query.into();
-    Ok(request.data(caller.0).execute(schema).await)
+    Ok(request.data(caller.0).execute(&schema).await)
 }
 
 #[get("/graphiql")]
@@ -548,8 +677,8 @@ fn graphql_ws(
     s: &State<ApiState>,
 ) -> ApiResult<WithProtocol<rocket_ws::Channel<'static>>> {
     use futures::{SinkExt, StreamExt};
-    let schema = s.schema.clone().ok_or(ApiError::NotOrchestrator)?;
-    let token = s.operator_token.clone();
+    let schema = s.live()?.schema;
+    let token = s.operator_token();
     let header_auth = caller.0;
     Ok(WithProtocol(ws.channel(move |stream| {
         Box::pin(async move {
@@ -641,6 +770,8 @@ pub async fn serve(
             routes![
                 ping,
                 cluster,
+                leader,
+                raft_rpc,
                 nodes,
                 jobs,
                 job,

@@ -188,6 +188,15 @@ impl Broker {
         Ok(())
     }
 
+    /// Drops every message waiting in the work queue of `node` (a new orchestrator's
+    /// broker may hold work requests from an earlier term; the store decides what runs).
+    pub async fn purge_work_queue(&self, node: &str) -> Result<u32, BrokerError> {
+        Ok(self
+            .publish
+            .queue_purge(work_queue(node).into(), Default::default())
+            .await?)
+    }
+
     /// Publishes `msg` and waits for the broker's confirm. `routing_key` defaults to the
     /// message's queue (work requests pass the node id).
     pub async fn publish<T: Message>(

@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+/// How long a change of users waits for a booting broker.
+const BOOT_WAIT: Duration = Duration::from_secs(60);
+
 /// The administrator user the orchestrator itself connects as.
 pub const ADMIN_USER: &str = "kraken-admin";
 
@@ -42,6 +45,8 @@ pub struct ServerSpec {
 pub struct RabbitServer {
     spec: ServerSpec,
     users: tokio::sync::Mutex<Vec<BrokerUser>>,
+    /// Whether the AMQP port answers (what `supervise` last saw).
+    up: tokio::sync::watch::Sender<bool>,
 }
 
 impl RabbitServer {
@@ -49,6 +54,7 @@ impl RabbitServer {
         let server = Self {
             spec,
             users: tokio::sync::Mutex::new(users),
+            up: tokio::sync::watch::channel(false).0,
         };
         server.prepare_dirs()?;
         Ok(server)
@@ -111,9 +117,28 @@ impl RabbitServer {
         let mut current = self.users.lock().await;
         let path = self.write_definitions(&users)?;
         *current = users;
+        // a broker still booting loads the file itself, but may have read it already: the
+        // import waits until it answers
+        let mut up = self.up.subscribe();
+        tokio::time::timeout(BOOT_WAIT, up.wait_for(|up| *up))
+            .await
+            .map_err(|_| {
+                BrokerError::Server(format!(
+                    "the broker is not up after {} s; see {}",
+                    BOOT_WAIT.as_secs(),
+                    self.spec.dir.join("log").display()
+                ))
+            })?
+            .map_err(|_| BrokerError::Server("the broker is stopping".into()))?;
         self.ctl(&["import_definitions", &path.to_string_lossy()])
             .await
             .map(|_| ())
+    }
+
+    /// Tells `ready` and this server's own waiters whether the AMQP port answers.
+    fn announce(&self, ready: &tokio::sync::watch::Sender<bool>, open: bool) {
+        self.up.send_replace(open);
+        let _ = ready.send(open);
     }
 
     async fn ctl(&self, args: &[&str]) -> Result<String, BrokerError> {
@@ -161,9 +186,9 @@ impl RabbitServer {
         while !shutdown.is_cancelled() {
             if self.amqp_port_open().await {
                 tracing::info!(port = self.spec.amqp_port, "adopting the running broker");
-                let _ = ready.send(true);
+                self.announce(&ready, true);
                 self.watch_port(&shutdown).await;
-                let _ = ready.send(false);
+                self.announce(&ready, false);
                 continue;
             }
             let users = self.users.lock().await.clone();
@@ -186,7 +211,7 @@ impl RabbitServer {
             loop {
                 tokio::select! {
                     status = child.wait() => {
-                        let _ = ready.send(false);
+                        self.announce(&ready, false);
                         tracing::warn!(?status, log = %self.spec.dir.join("log").display(), "rabbitmq-server exited; restarting");
                         break;
                     }
@@ -194,12 +219,12 @@ impl RabbitServer {
                         let open = self.amqp_port_open().await;
                         if open != *ready.borrow() {
                             if open { tracing::info!(port = self.spec.amqp_port, elapsed_ms = started.elapsed().as_millis() as u64, "broker ready"); }
-                            let _ = ready.send(open);
+                            self.announce(&ready, open);
                         }
                         if open { backoff = Duration::from_millis(500); }
                     }
                     _ = shutdown.cancelled() => {
-                        let _ = ready.send(false);
+                        self.announce(&ready, false);
                         self.stop(&mut child).await;
                         return;
                     }

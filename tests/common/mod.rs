@@ -108,7 +108,10 @@ impl Agent {
         };
         cmd.arg("agent")
             .args(&self.args)
-            .env("RUST_LOG", "info,rocket=error,lapin=off,mdns_sd=off")
+            .env(
+                "RUST_LOG",
+                "info,rocket=error,lapin=off,mdns_sd=off,openraft=off",
+            )
             .env_remove("KRAKEN_API_URL")
             .stdout(log.try_clone().unwrap())
             .stderr(log);

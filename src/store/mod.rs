@@ -1,13 +1,26 @@
-//! The persistent state of the cluster: nodes, jobs and job log lines, behind our own types.
+//! The persistent state of the cluster: nodes, jobs and job log lines, behind our own types,
+//! and the Raft log and replicated state machine that carry them to the other voters
+//! ([`raft`]).
 //!
 //! sled (0.34) is the engine today; nothing outside this module names it, so swapping in
-//! redb or fjall changes this file only. Writes that a caller is told about are flushed
+//! redb or fjall changes this module only. Writes that a caller is told about are flushed
 //! first ([`Store::flush`]). Flushes are group commits: callers that arrive while a flush
 //! runs share the next one (sled 0.34's `flush_async`, which deadlocks under concurrency,
 //! is never used).
+//!
+//! Two copies of the records live here. The *working* trees are what the orchestrator
+//! reads and writes; the *replica* trees are Raft's state machine, written only by
+//! committed log entries. While this node leads, every write to the working trees is
+//! recorded, and [`Store::flush`] returns only once the recorded writes are committed by a
+//! majority of voters (a [`Replicator`]). When a node starts to lead it rebuilds its working
+//! trees from its replica ([`Store::adopt_replica`]): whatever an earlier term wrote
+//! locally and never committed is gone with it.
+
+pub mod raft;
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +36,48 @@ pub enum StoreError {
     Encode(serde_json::Error),
     #[error("store: flush failed: {0}")]
     Flush(String),
+    /// The writes could not be committed by a majority of the cluster's voters.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+}
+
+/// The record kinds, as named in replicated writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TreeName {
+    Nodes,
+    Jobs,
+    Logs,
+    Settings,
+}
+
+impl TreeName {
+    const ALL: [TreeName; 4] = [Self::Nodes, Self::Jobs, Self::Logs, Self::Settings];
+}
+
+/// One write to a tree: a value to put, or `None` to remove the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    pub tree: TreeName,
+    #[serde(with = "b64")]
+    pub key: Vec<u8>,
+    #[serde(with = "b64_opt", default)]
+    pub value: Option<Vec<u8>>,
+}
+
+/// Commits recorded writes on a majority of voters (the cluster module's Raft).
+pub trait Replicator: Send + Sync {
+    fn replicate(
+        &self,
+        ops: Vec<Op>,
+    ) -> futures::future::BoxFuture<'static, Result<(), StoreError>>;
+}
+
+/// Writes recorded since the last flush, while this node leads.
+#[derive(Default)]
+struct Recording {
+    to: Option<Arc<dyn Replicator>>,
+    pending: Vec<Op>,
 }
 
 /// The life of a job.
@@ -175,15 +230,21 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// The store: one sled database with a tree per record kind.
+/// The store: one sled database with a tree per record kind (working and replica), and
+/// Raft's log.
 #[derive(Clone)]
 pub struct Store {
     nodes: sled::Tree,
     jobs: sled::Tree,
     logs: sled::Tree,
     settings: sled::Tree,
+    /// The state machine's copies, by [`TreeName`] order.
+    replica: [sled::Tree; 4],
+    raft_log: sled::Tree,
+    raft_meta: sled::Tree,
     db: sled::Db,
-    flusher: std::sync::Arc<Flusher>,
+    flusher: Arc<Flusher>,
+    recording: Arc<std::sync::Mutex<Recording>>,
 }
 
 /// Group commit: writers take a ticket, one flush at a time runs, and a flush that started
@@ -231,9 +292,144 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             logs: db.open_tree("logs")?,
             settings: db.open_tree("settings")?,
+            replica: [
+                db.open_tree("r_nodes")?,
+                db.open_tree("r_jobs")?,
+                db.open_tree("r_logs")?,
+                db.open_tree("r_settings")?,
+            ],
+            raft_log: db.open_tree("raft_log")?,
+            raft_meta: db.open_tree("raft_meta")?,
             db,
             flusher: Default::default(),
+            recording: Default::default(),
         })
+    }
+
+    fn working(&self, tree: TreeName) -> &sled::Tree {
+        match tree {
+            TreeName::Nodes => &self.nodes,
+            TreeName::Jobs => &self.jobs,
+            TreeName::Logs => &self.logs,
+            TreeName::Settings => &self.settings,
+        }
+    }
+
+    fn replica(&self, tree: TreeName) -> &sled::Tree {
+        &self.replica[tree as usize]
+    }
+
+    fn recording(&self) -> std::sync::MutexGuard<'_, Recording> {
+        self.recording.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts one value in a working tree and records it (under the recording lock, so the
+    /// recorded order is the order the tree saw).
+    fn put(&self, tree: TreeName, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        let mut rec = self.recording();
+        self.working(tree).insert(key, value.clone())?;
+        if rec.to.is_some() {
+            rec.pending.push(Op {
+                tree,
+                key: key.to_vec(),
+                value: Some(value),
+            });
+        }
+        Ok(())
+    }
+
+    /// From now on, writes are committed through `to` at each flush (this node leads).
+    pub fn start_recording(&self, to: Arc<dyn Replicator>) {
+        let mut rec = self.recording();
+        rec.to = Some(to);
+        rec.pending.clear();
+    }
+
+    /// Writes are local only again (this node stopped leading); unflushed ones are dropped
+    /// from replication.
+    pub fn stop_recording(&self) {
+        let mut rec = self.recording();
+        rec.to = None;
+        rec.pending.clear();
+    }
+
+    /// Whether writes wait to be flushed to the replicas.
+    pub fn has_pending(&self) -> bool {
+        !self.recording().pending.is_empty()
+    }
+
+    /// Replaces the working trees with the replicated state (this node starts to lead).
+    pub fn adopt_replica(&self) -> Result<(), StoreError> {
+        let _rec = self.recording();
+        for tree in TreeName::ALL {
+            let working = self.working(tree);
+            working.clear()?;
+            for kv in self.replica(tree).iter() {
+                let (k, v) = kv?;
+                working.insert(k, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every working record as writes, to seed a new cluster's replicas with the records a
+    /// data dir had before it replicated anything.
+    pub fn working_ops(&self) -> Result<Vec<Op>, StoreError> {
+        let mut ops = Vec::new();
+        for tree in TreeName::ALL {
+            for kv in self.working(tree).iter() {
+                let (k, v) = kv?;
+                ops.push(Op {
+                    tree,
+                    key: k.to_vec(),
+                    value: Some(v.to_vec()),
+                });
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Records every working record for the next flush (seeds a new cluster's replicas).
+    pub fn record_working(&self) -> Result<(), StoreError> {
+        let ops = self.working_ops()?;
+        let mut rec = self.recording();
+        if rec.to.is_some() {
+            rec.pending.extend(ops);
+        }
+        Ok(())
+    }
+
+    /// Test support, never called by the agent: makes the replicated state what the working
+    /// trees hold, as if every write so far had been committed. Tests use it to fabricate
+    /// what a crash leaves behind in a stopped agent's data dir.
+    #[doc(hidden)]
+    pub fn commit_working_offline(&self) -> Result<(), StoreError> {
+        let ops = self.working_ops()?;
+        self.apply_ops(&ops)
+    }
+
+    /// Whether the replicated state holds no records at all.
+    pub fn replica_is_empty(&self) -> bool {
+        self.replica.iter().all(|t| t.is_empty())
+    }
+
+    /// A node record as the replicated state has it (what a follower knows).
+    pub fn replica_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        self.replica(TreeName::Nodes)
+            .get(id.as_bytes())?
+            .map(|v| decode(id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// A setting as the replicated state has it.
+    pub fn replica_setting<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.replica(TreeName::Settings)
+            .get(key.as_bytes())?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
     }
 
     /// Makes every write so far durable.
@@ -245,17 +441,31 @@ impl Store {
             return Ok(());
         }
         let covers = self.flusher.requested.load(SeqCst);
+        let (ops, to) = {
+            let mut rec = self.recording();
+            (std::mem::take(&mut rec.pending), rec.to.clone())
+        };
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| StoreError::Flush(e.to_string()))??;
+        if let (Some(to), false) = (to, ops.is_empty()) {
+            if let Err(e) = to.replicate(ops.clone()).await {
+                // kept, in order, ahead of later writes: the next flush tries them again
+                let mut rec = self.recording();
+                if rec.to.is_some() {
+                    let later = std::mem::replace(&mut rec.pending, ops);
+                    rec.pending.extend(later);
+                }
+                return Err(e);
+            }
+        }
         *flushed = covers;
         Ok(())
     }
 
     pub fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        self.jobs.insert(job.id.as_bytes(), encode(job)?)?;
-        Ok(())
+        self.put(TreeName::Jobs, job.id.as_bytes(), encode(job)?)
     }
 
     pub fn job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
@@ -281,11 +491,19 @@ impl Store {
                 return Ok(None);
             }
             let new = encode(&job)?;
+            let mut rec = self.recording();
             if self
                 .jobs
-                .compare_and_swap(id.as_bytes(), Some(old), Some(new))?
+                .compare_and_swap(id.as_bytes(), Some(old), Some(new.clone()))?
                 .is_ok()
             {
+                if rec.to.is_some() {
+                    rec.pending.push(Op {
+                        tree: TreeName::Jobs,
+                        key: id.as_bytes().to_vec(),
+                        value: Some(new),
+                    });
+                }
                 return Ok(Some(job));
             }
         }
@@ -301,8 +519,7 @@ impl Store {
 
     /// Stores a piece of cluster state that is not a record (the enrollment window, …).
     pub fn put_setting<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        self.settings.insert(key.as_bytes(), encode(value)?)?;
-        Ok(())
+        self.put(TreeName::Settings, key.as_bytes(), encode(value)?)
     }
 
     pub fn setting<T: for<'de> Deserialize<'de>>(
@@ -316,8 +533,7 @@ impl Store {
     }
 
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.nodes.insert(node.id.as_bytes(), encode(node)?)?;
-        Ok(())
+        self.put(TreeName::Nodes, node.id.as_bytes(), encode(node)?)
     }
 
     pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
@@ -344,18 +560,30 @@ impl Store {
             Some(kv) => seq_of(&kv?.0) + 1,
             None => 0,
         };
-        let mut batch = sled::Batch::default();
+        let mut ops = Vec::with_capacity(lines.len());
         for (i, line) in lines.iter().enumerate() {
-            batch.insert(log_key(job, next + i as u64), encode(line)?);
+            ops.push(Op {
+                tree: TreeName::Logs,
+                key: log_key(job, next + i as u64),
+                value: Some(encode(line)?),
+            });
         }
         let end = next + lines.len() as u64;
         if end > keep as u64 {
             let first_kept = end - keep as u64;
             for kv in self.logs.range(log_key(job, 0)..log_key(job, first_kept)) {
-                batch.remove(kv?.0);
+                ops.push(Op {
+                    tree: TreeName::Logs,
+                    key: kv?.0.to_vec(),
+                    value: None,
+                });
             }
         }
-        self.logs.apply_batch(batch)?;
+        let mut rec = self.recording();
+        self.logs.apply_batch(batch_of(&ops))?;
+        if rec.to.is_some() {
+            rec.pending.extend(ops);
+        }
         Ok(())
     }
 
@@ -367,6 +595,52 @@ impl Store {
                 decode(&k, &v)
             })
             .collect()
+    }
+}
+
+/// The writes to one tree as a sled batch.
+fn batch_of<'a>(ops: impl IntoIterator<Item = &'a Op>) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for op in ops {
+        match &op.value {
+            Some(v) => batch.insert(op.key.as_slice(), v.as_slice()),
+            None => batch.remove(op.key.as_slice()),
+        }
+    }
+    batch
+}
+
+/// Bytes as base64 text in replicated writes (JSON arrays of numbers would triple them).
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod b64_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => super::b64::serialize(b, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::b64")] Vec<u8>);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
     }
 }
 

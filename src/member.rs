@@ -1,0 +1,558 @@
+//! A cluster member's life once it knows its cluster: its Raft node, the worker, following
+//! the orchestrator wherever it is, and running the orchestrator (broker, scheduler, API)
+//! while this node leads.
+//!
+//! Leading is Raft's word, kept only while a majority of voters answers ([`Cluster::leading`]).
+//! On taking the lead the node rebuilds its working store from the replicated one, records
+//! every write for replication, starts RabbitMQ and the orchestrator, and advertises itself
+//! with its term; on losing it (a newer leader, or no quorum) it stops all of that, so two
+//! orchestrators never run for long. Every member, leading or not, follows the orchestrator:
+//! the Raft leader when this node votes, else the orchestrator of its cluster with the
+//! highest term in view over mDNS; a candidate must pass the join handshake (it proves it
+//! knows the cluster token) before the worker's AMQP session moves there.
+
+use crate::agent::AgentError;
+use crate::api::{self, ApiState, Live, LiveSlot};
+use crate::broker::server::{BrokerUser, RabbitServer, ServerSpec, ADMIN_USER};
+use crate::client::{Client, ClientError};
+use crate::cluster::network::Resolve;
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::discovery::{Discovery, Role};
+use crate::identity::{self, DataDir};
+use crate::orchestrator::{ClusterSecrets, JoinRequest, JoinResponse, Orchestrator};
+use crate::runtime::Runtime;
+use crate::store::{NodeRecord, Store};
+use crate::worker::{Worker, WorkerSettings};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Where the cluster's identity and secrets live in the replicated store.
+const SECRETS_KEY: &str = "cluster-secrets";
+
+/// The cluster's secrets as replicated to the voters (any of them may lead).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeptSecrets {
+    cluster_id: String,
+    join_token: String,
+    operator_token: String,
+}
+
+/// What a member starts from.
+pub struct MemberSpec {
+    pub cluster_id: String,
+    pub join_token: String,
+    /// This node founds the cluster (or founded it): it holds the operator token, and its
+    /// Raft starts with itself as the only voter.
+    pub founder: Option<ClusterSecrets>,
+    /// A new cluster: its enrollment window opens when it first leads.
+    pub newborn: bool,
+    /// The orchestrator's API as last known (from joining).
+    pub orchestrator_url: Option<String>,
+    /// The broker URL the join handshake gave, if it just happened.
+    pub amqp_url: Option<String>,
+}
+
+/// Everything the member's tasks share.
+struct Member {
+    config: Config,
+    dir: DataDir,
+    node_id: String,
+    store: Store,
+    cluster: Arc<Cluster>,
+    discovery: Option<Arc<Discovery>>,
+    spec: MemberSpec,
+    live: LiveSlot,
+    /// The AMQP URL the worker uses.
+    access: watch::Sender<Option<String>>,
+}
+
+/// Runs a member until `shutdown` (its tasks are spawned on `tasks`).
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    config: &Config,
+    dir: &DataDir,
+    node_id: &str,
+    store: Store,
+    runtime: Arc<Runtime>,
+    discovery: Option<Arc<Discovery>>,
+    spec: MemberSpec,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(), AgentError> {
+    let resolve = resolver(discovery.clone(), store.clone());
+    let cluster = Cluster::start(
+        &config.cluster,
+        store.clone(),
+        node_id,
+        &spec.join_token,
+        resolve,
+        shutdown.child_token(),
+        tasks,
+    )
+    .await?;
+    if spec.founder.is_some() {
+        cluster.found().await?;
+    }
+    if let Some(d) = &discovery {
+        d.update(|a| {
+            a.role = Role::Worker;
+            a.cluster = spec.cluster_id.clone();
+        });
+    }
+    let live: LiveSlot = Default::default();
+    let state = ApiState {
+        live: live.clone(),
+        cluster: Some(cluster.clone()),
+        public_reads: config.api.public_reads,
+        discovery: discovery.clone(),
+    };
+    spawn_api(config, state, shutdown, tasks);
+
+    let (access, access_rx) = watch::channel(spec.amqp_url.clone());
+    let member = Arc::new(Member {
+        config: config.clone(),
+        dir: dir.clone(),
+        node_id: node_id.to_owned(),
+        store,
+        cluster,
+        discovery,
+        spec,
+        live,
+        access,
+    });
+    let worker = Worker::new(worker_settings(config, node_id), runtime);
+    worker.start(access_rx, shutdown.child_token(), tasks);
+    let m = member.clone();
+    let token = shutdown.child_token();
+    tasks.spawn(async move { m.lead_when_elected(token).await });
+    let m = member.clone();
+    let token = shutdown.child_token();
+    tasks.spawn(async move { m.follow_orchestrator(token).await });
+    Ok(())
+}
+
+/// Finds a node's API: where discovery sees it now, else its replicated record.
+fn resolver(discovery: Option<Arc<Discovery>>, store: Store) -> Resolve {
+    Arc::new(move |node: &str| {
+        if let Some(url) = discovery
+            .as_ref()
+            .and_then(|d| d.device(node))
+            .and_then(|d| d.api_url())
+        {
+            return Some(url);
+        }
+        let record = store.replica_node(node).ok().flatten()?;
+        (!record.address.is_empty())
+            .then(|| format!("http://{}:{}", record.address, record.api_port))
+    })
+}
+
+impl Member {
+    /// Runs the orchestrator while this node leads.
+    async fn lead_when_elected(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut leading = self.cluster.leading();
+        let mut first = true;
+        loop {
+            let term = *leading.borrow_and_update();
+            if let Some(term) = term {
+                let stack = shutdown.child_token();
+                let tasks = TaskTracker::new();
+                match self.take_over(term, first, &stack, &tasks).await {
+                    Ok(()) => {
+                        first = false;
+                        // until the lead is lost (or the agent stops)
+                        loop {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                r = leading.changed() => {
+                                    if r.is_err() || *leading.borrow() != Some(term) {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, term, "cannot take over as orchestrator; stepping back");
+                    }
+                }
+                self.step_down(&stack, &tasks).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                if self.cluster.leading().borrow().is_some() {
+                    // still leading after a failed take-over: try again shortly
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = leading.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// Becomes the orchestrator for `term`.
+    async fn take_over(
+        self: &Arc<Self>,
+        term: u64,
+        first: bool,
+        stack: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<(), AgentError> {
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), self.cluster.caught_up())
+            .await
+            .map_err(|_| AgentError::TakeOver("the log did not catch up within 10 s".into()))??;
+        let store = &self.store;
+        if store.replica_is_empty() {
+            // a new cluster (or a data dir from before replication): its records seed it
+            store.start_recording(self.cluster.replicator());
+            store.record_working()?;
+        } else {
+            store.adopt_replica()?;
+            store.start_recording(self.cluster.replicator());
+        }
+        let secrets = self.secrets()?;
+        let now = crate::now_ms();
+        let previous = store.node(&self.node_id)?;
+        store.put_node(&NodeRecord {
+            id: self.node_id.clone(),
+            name: self.config.node.name.clone(),
+            address: crate::discovery::own_address(&self.config.api.advertise),
+            api_port: self.config.api.port,
+            version: crate::VERSION.to_owned(),
+            joined_at: previous.as_ref().map_or(now, |p| p.joined_at),
+            last_seen: now,
+            slots: self.config.worker.slots,
+            stats: previous.and_then(|p| p.stats),
+        })?;
+        store.flush().await?;
+        tracing::info!(term, cluster = %secrets.cluster_id, "orchestrating (join token: `kraken token`)");
+
+        let (rabbit, ready) = self.start_broker(&secrets, stack, tasks)?;
+        let orch = Orchestrator::new(
+            self.config.clone(),
+            store.clone(),
+            secrets.clone(),
+            self.node_id.clone(),
+            rabbit,
+        )?;
+        orch.clone().run(ready, stack.clone(), tasks).await;
+        if first && self.spec.newborn && self.config.orchestrator.enrollment_secs > 0 {
+            orch.open_enrollment(self.config.orchestrator.enrollment_secs)
+                .await?;
+            tracing::info!(
+                secs = self.config.orchestrator.enrollment_secs,
+                "new cluster: devices that find it over mDNS are admitted by themselves for now"
+            );
+        }
+        let me = self.clone();
+        let o = orch.clone();
+        let token = stack.clone();
+        tasks.spawn(async move { me.keep_replicating(o, token).await });
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(Live {
+            schema: api::graphql::schema(
+                orch.clone(),
+                self.discovery.clone(),
+                Some(self.cluster.clone()),
+            ),
+            orch: orch.clone(),
+            operator_token: secrets.operator_token.clone(),
+        });
+        if let Some(d) = &self.discovery {
+            d.update(|a| {
+                a.role = Role::Orchestrator;
+                a.term = term;
+            });
+        }
+        self.access.send_replace(Some(orch.amqp_url(&self.node_id)));
+        tracing::info!(
+            term,
+            ms = started.elapsed().as_millis() as u64,
+            "took over as orchestrator"
+        );
+        Ok(())
+    }
+
+    /// Stops orchestrating: the API, the scheduler and the broker go; writes stay local.
+    async fn step_down(&self, stack: &CancellationToken, tasks: &TaskTracker) {
+        let was = self
+            .live
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some();
+        if let Some(d) = &self.discovery {
+            d.update(|a| a.role = Role::Worker);
+        }
+        stack.cancel();
+        tasks.close();
+        if tokio::time::timeout(Duration::from_secs(30), tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the orchestrator's tasks did not stop within 30 s");
+        }
+        self.store.stop_recording();
+        if was {
+            self.access.send_replace(None);
+            tracing::info!("stopped orchestrating");
+        }
+    }
+
+    /// The cluster's secrets: a founder's own files, else the replicated copy (which the
+    /// founder wrote). A new orchestrator also writes them to its data dir, for `kraken token`.
+    fn secrets(&self) -> Result<ClusterSecrets, AgentError> {
+        if let Some(s) = &self.spec.founder {
+            let kept = KeptSecrets {
+                cluster_id: s.cluster_id.clone(),
+                join_token: s.join_token.clone(),
+                operator_token: s.operator_token.clone(),
+            };
+            self.store.put_setting(SECRETS_KEY, &kept)?;
+            return Ok(s.clone());
+        }
+        let kept: KeptSecrets = self.store.setting(SECRETS_KEY)?.ok_or_else(|| {
+            AgentError::TakeOver("the replicated store holds no cluster secrets".into())
+        })?;
+        identity::write_secret(&self.dir.join_token_file(), &kept.join_token)?;
+        identity::write_secret(&self.dir.operator_token_file(), &kept.operator_token)?;
+        Ok(ClusterSecrets {
+            cluster_id: kept.cluster_id,
+            join_token: kept.join_token,
+            operator_token: kept.operator_token,
+        })
+    }
+
+    /// Starts this node's RabbitMQ for the cluster (unless an external broker is set).
+    #[allow(clippy::type_complexity)]
+    fn start_broker(
+        &self,
+        secrets: &ClusterSecrets,
+        stack: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<(Option<Arc<RabbitServer>>, watch::Receiver<bool>), AgentError> {
+        let config = &self.config;
+        let (ready_tx, ready_rx) = watch::channel(false);
+        if !config.broker.url.is_empty() {
+            tracing::info!("using the external broker from broker.url");
+            let _ = ready_tx.send(true);
+            return Ok((None, ready_rx));
+        }
+        let mut users = vec![BrokerUser {
+            name: ADMIN_USER.into(),
+            password: identity::broker_password(&secrets.join_token, ADMIN_USER),
+            admin: true,
+        }];
+        users.extend(self.store.nodes()?.into_iter().map(|n| BrokerUser {
+            password: identity::broker_password(&secrets.join_token, &n.id),
+            name: n.id,
+            admin: false,
+        }));
+        let spec = ServerSpec {
+            node_name: format!("kraken-{}@localhost", config.broker.amqp_port),
+            amqp_port: config.broker.amqp_port,
+            dist_port: config.dist_port(),
+            dir: self.dir.broker_dir(),
+            vhost: format!("kraken-{}", secrets.cluster_id),
+            server_bin: config.broker.server_bin.clone(),
+            ctl_bin: config.broker.ctl_bin.clone(),
+        };
+        let rabbit = Arc::new(RabbitServer::new(spec, users)?);
+        let r = rabbit.clone();
+        let token = stack.clone();
+        tasks.spawn(async move { r.supervise(token, ready_tx).await });
+        Ok((Some(rabbit), ready_rx))
+    }
+
+    /// While leading: commits writes nobody flushed (heartbeats, log lines) twice a second,
+    /// and tends the voters every two seconds.
+    async fn keep_replicating(&self, orch: Arc<Orchestrator>, stack: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = stack.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            n += 1;
+            if self.store.has_pending() {
+                if let Err(error) = self.store.flush().await {
+                    tracing::warn!(%error, "cannot commit the cluster's latest records");
+                }
+            }
+            if n % 4 == 0 {
+                let candidates = match orch.live_nodes() {
+                    Ok(c) => c,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot list live nodes");
+                        continue;
+                    }
+                };
+                let silent = |node: &str| orch.silent_for(node);
+                if let Err(error) = self.cluster.tend_voters(silent, &candidates).await {
+                    tracing::warn!(%error, "cannot change the voters");
+                }
+            }
+        }
+    }
+
+    /// Keeps the worker's broker URL pointing at the orchestrator.
+    async fn follow_orchestrator(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut following: Option<String> = self.spec.orchestrator_url.clone();
+        // candidates that failed the handshake, not asked again for a while
+        let mut refused: HashMap<String, Instant> = HashMap::new();
+        let mut told: Option<String> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.cluster.leading().borrow().is_some() {
+                following = None;
+                continue;
+            }
+            refused.retain(|_, at| at.elapsed() < Duration::from_secs(30));
+            let candidates = self.orchestrator_candidates();
+            let Some(best) = candidates.iter().find(|c| !refused.contains_key(*c)) else {
+                continue;
+            };
+            if following.as_deref() == Some(best.as_str()) && self.access.borrow().is_some() {
+                continue;
+            }
+            match self.handshake(best).await {
+                Ok(url) => {
+                    if told.as_deref() != Some(best.as_str()) {
+                        tracing::info!(orchestrator = %best, "following the orchestrator");
+                        told = Some(best.clone());
+                    }
+                    following = Some(best.clone());
+                    self.access.send_if_modified(|old| {
+                        let changed = old.as_deref() != Some(url.as_str());
+                        *old = Some(url);
+                        changed
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, candidate = %best, "not following it");
+                    refused.insert(best.clone(), Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Where the orchestrator may be, best first: Raft's leader (when this node votes or
+    /// hears from it), then the orchestrators of this cluster in view by term, then the URL
+    /// this node joined at.
+    fn orchestrator_candidates(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let view = self.cluster.view();
+        if let Some(leader) = view.leader.filter(|l| *l != self.node_id) {
+            out.extend(self.cluster.api_url_of(&leader));
+        }
+        if let Some(d) = &self.discovery {
+            out.extend(
+                d.orchestrators(Some(&self.spec.cluster_id))
+                    .into_iter()
+                    .filter(|o| o.advert.node != self.node_id)
+                    .filter_map(|o| o.api_url()),
+            );
+        }
+        out.extend(self.spec.orchestrator_url.clone());
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|u| seen.insert(u.clone()));
+        out
+    }
+
+    /// The join handshake with the orchestrator at `url` (it must prove it knows the
+    /// cluster token); the AMQP URL of its broker.
+    async fn handshake(&self, url: &str) -> Result<String, ClientError> {
+        let resp = Client::new(url, None)
+            .join(
+                &self.spec.join_token,
+                join_request(&self.config, &self.node_id),
+            )
+            .await?;
+        if !self.spec.cluster_id.is_empty() && resp.cluster_id != self.spec.cluster_id {
+            return Err(ClientError::Impostor(format!(
+                "{url} leads cluster {}, not this node's cluster {}",
+                resp.cluster_id, self.spec.cluster_id
+            )));
+        }
+        Ok(amqp_url(
+            &self.config,
+            url,
+            &self.node_id,
+            &self.spec.join_token,
+            &resp,
+        ))
+    }
+}
+
+/// What this node says about itself when it joins.
+pub fn join_request(config: &Config, node_id: &str) -> JoinRequest {
+    JoinRequest {
+        node_id: node_id.to_owned(),
+        name: config.node.name.clone(),
+        version: crate::VERSION.to_owned(),
+        api_port: config.api.port,
+        slots: config.worker.slots,
+        server_nonce: String::new(),
+        client_nonce: String::new(),
+        proof: String::new(),
+    }
+}
+
+/// The AMQP URL of the broker of the orchestrator at `api_url`.
+pub fn amqp_url(
+    config: &Config,
+    api_url: &str,
+    node_id: &str,
+    token: &str,
+    joined: &JoinResponse,
+) -> String {
+    match joined.amqp_port {
+        Some(port) => {
+            let host = reqwest::Url::parse(api_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_else(|| "127.0.0.1".into());
+            let password = identity::broker_password(token, node_id);
+            format!("amqp://{node_id}:{password}@{host}:{port}/{}", joined.vhost)
+        }
+        None => config.broker.url.clone(),
+    }
+}
+
+fn spawn_api(config: &Config, state: ApiState, shutdown: &CancellationToken, tasks: &TaskTracker) {
+    let bind = config.api.bind.clone();
+    let port = config.api.port;
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        tracing::info!(%bind, port, "api listening");
+        if let Err(error) = api::serve(state, &bind, port, token.clone()).await {
+            tracing::error!(%error, "api stopped");
+            token.cancel();
+        }
+    });
+}
+
+fn worker_settings(config: &Config, node_id: &str) -> WorkerSettings {
+    WorkerSettings {
+        node_id: node_id.to_owned(),
+        slots: config.worker.slots,
+        heartbeat: Duration::from_millis(config.worker.heartbeat_ms),
+        prefetch: config.broker.prefetch,
+        data_dir: config.node.data_dir.clone(),
+        config: Arc::new(config.clone()),
+    }
+}
