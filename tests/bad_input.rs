@@ -312,3 +312,93 @@ async fn jobs_wait_while_docker_is_unavailable() {
     let done = wait_final(&client, &[id], Duration::from_secs(90)).await;
     assert_eq!(done[0]["state"], "SUCCEEDED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_rpcs_without_a_valid_signature_are_refused() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let orch = Agent::orchestrator(root.path(), 0, &[]);
+    orch.wait_ready(0).await;
+    let public = kraken::client::Client::new(&orch.url(), None);
+    let before = public.get("/api/v1/leader").await.unwrap();
+    assert_eq!(before["leading"], true, "{before}");
+
+    let http = reqwest::Client::new();
+    // a vote that would depose the leader, were it believed
+    let vote = json!({
+        "vote": {"leader_id": {"term": 1_000_000, "node_id": 42}, "committed": false},
+        "last_log_id": {"leader_id": {"term": 1_000_000, "node_id": 42}, "index": 1_000_000}
+    })
+    .to_string();
+    let token = orch.join_token();
+    let signed = |node: &str, key: &str, body: &str| {
+        kraken::identity::rpc_signature(key, node, "/raft/vote", body.as_bytes())
+    };
+    let cases = [
+        ("unsigned", None, vote.clone()),
+        (
+            "signed with another cluster's token",
+            Some(signed("n0123456789", "not-the-token", &vote)),
+            vote.clone(),
+        ),
+        (
+            "a signature for another body",
+            Some(signed("n0123456789", &token, "{}")),
+            vote.clone(),
+        ),
+    ];
+    for (what, signature, body) in cases {
+        let mut req = http
+            .post(format!("{}/raft/vote", orch.url()))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(sig) = signature {
+            req = req
+                .header("x-kraken-node", "n0123456789")
+                .header("x-kraken-signature", sig);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{what}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("not signed by a member"), "{what}: {text}");
+    }
+    // signed, but not a Raft message: a clear error, no crash
+    let garbage = "{\"vote\": 7}";
+    let resp = http
+        .post(format!("{}/raft/append", orch.url()))
+        .header("x-kraken-node", "n0123456789")
+        .header(
+            "x-kraken-signature",
+            kraken::identity::rpc_signature(
+                &token,
+                "n0123456789",
+                "/raft/append",
+                garbage.as_bytes(),
+            ),
+        )
+        .body(garbage)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("raft rpc malformed"));
+
+    // nothing changed: the same leader, the same term
+    let after = public.get("/api/v1/leader").await.unwrap();
+    assert_eq!(after["leading"], true, "{after}");
+    assert_eq!(after["term"], before["term"], "{after}");
+    assert!(orch.log().contains("raft rpc refused"));
+    let client = orch.client();
+    assert_eq!(
+        client
+            .get("/api/v1/nodes")
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

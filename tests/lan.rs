@@ -6,6 +6,7 @@ mod common;
 
 use common::lan::Lan;
 use common::*;
+use kraken::client::Client;
 use serde_json::json;
 use std::time::Duration;
 
@@ -276,4 +277,223 @@ async fn a_worker_cut_off_loses_its_jobs_to_the_others_and_comes_back() {
             .count();
         assert_eq!(succeeded, 1, "{j}");
     }
+}
+
+/// Waits until the leader counts three voters (the cluster can lose one).
+async fn wait_for_three_voters(leader: &Agent) {
+    let client = Client::new(&leader.url(), None);
+    wait_until_async("three voters", Duration::from_secs(60), || async {
+        let view = client.get("/api/v1/leader").await.ok()?;
+        (view["voters"].as_array()?.len() == 3).then_some(())
+    })
+    .await;
+}
+
+/// Each job's attempts that succeeded.
+fn successes(job: &serde_json::Value) -> usize {
+    job["attempts"].as_array().map_or(0, |a| {
+        a.iter().filter(|a| a["outcome"] == "succeeded").count()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_powered_off_with_jobs_in_flight_loses_nothing() {
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let mut agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 2, &[])).collect();
+    let lead = wait_for_leader(&agents);
+    agents[lead].wait_ready(3).await;
+    wait_for_three_voters(&agents[lead]).await;
+    let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
+    let client = agents[lead].client();
+    let term_before = client.get("/api/v1/leader").await.unwrap()["term"]
+        .as_u64()
+        .unwrap();
+
+    // work that finished before the power cut, and work still running or queued at it
+    let mut finished = Vec::new();
+    for i in 0..2 {
+        finished.push(
+            enqueue(
+                &client,
+                "echo",
+                json!({"message": format!("early {i}")}),
+                "",
+            )
+            .await,
+        );
+    }
+    wait_final(&client, &finished, Duration::from_secs(60)).await;
+    let mut in_flight = Vec::new();
+    for i in 0..9 {
+        in_flight.push(enqueue(&client, "sleep", json!({"ms": 3000 + i}), "").await);
+    }
+    wait_until_async(
+        "jobs run on every host",
+        Duration::from_secs(60),
+        || async {
+            let mut nodes = std::collections::BTreeSet::new();
+            for id in &in_flight {
+                let j = job(&client, id).await;
+                if j["state"] == "RUNNING" {
+                    nodes.insert(j["node"].as_str()?.to_owned());
+                }
+            }
+            (nodes.len() == 3).then_some(())
+        },
+    )
+    .await;
+
+    lan.power_off(lead, &ids[lead]);
+    agents[lead].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != lead).collect();
+    let new_lead = wait_for_raft_leader(&agents, &survivors, Duration::from_secs(30)).await;
+    let client = agents[new_lead].client();
+    let view = client.get("/api/v1/leader").await.unwrap();
+    assert!(view["term"].as_u64().unwrap() > term_before, "{view}");
+    // the surviving workers reconnect to the new broker by themselves
+    wait_until_async(
+        "the survivors are healthy workers",
+        Duration::from_secs(30),
+        || async {
+            let nodes = client.get("/api/v1/nodes").await.ok()?;
+            survivors
+                .iter()
+                .all(|&i| {
+                    nodes.as_array().is_some_and(|n| {
+                        n.iter()
+                            .any(|n| n["id"] == json!(ids[i]) && n["alive"] == json!(true))
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let gql = client
+        .graphql("{ cluster { leader term voters } }", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(gql["cluster"]["leader"], json!(ids[new_lead]), "{gql}");
+
+    // everything acknowledged is there; the queued and the interrupted work ran; what had
+    // finished did not run again
+    let all: Vec<String> = finished.iter().chain(&in_flight).cloned().collect();
+    let done = wait_final(&client, &all, Duration::from_secs(120)).await;
+    for j in &done {
+        assert_eq!(j["state"], "SUCCEEDED", "{j}");
+        assert_eq!(successes(j), 1, "succeeded once: {j}");
+    }
+    for j in &done[..finished.len()] {
+        assert_eq!(j["attempts"].as_array().unwrap().len(), 1, "ran once: {j}");
+    }
+    let listed = client.get("/api/v1/jobs").await.unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), all.len(), "{listed}");
+
+    // powered on again, the old leader rejoins as a follower: still one orchestrator
+    agents[lead].restart();
+    wait_until_async(
+        "the old leader is back as a worker",
+        Duration::from_secs(60),
+        || async {
+            let nodes = client.get("/api/v1/nodes").await.ok()?;
+            nodes
+                .as_array()?
+                .iter()
+                .any(|n| n["id"] == json!(ids[lead]) && n["alive"] == json!(true))
+                .then_some(())
+        },
+    )
+    .await;
+    let all_hosts: Vec<usize> = (0..3).collect();
+    assert_eq!(
+        wait_for_raft_leader(&agents, &all_hosts, Duration::from_secs(30)).await,
+        new_lead
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_with_a_minority_stops_and_the_majority_carries_on() {
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 1, &[])).collect();
+    let lead = wait_for_leader(&agents);
+    agents[lead].wait_ready(3).await;
+    wait_for_three_voters(&agents[lead]).await;
+    let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
+    let client = agents[lead].client();
+    let before = enqueue(&client, "echo", json!({"message": "before"}), "").await;
+    wait_final(
+        &client,
+        std::slice::from_ref(&before),
+        Duration::from_secs(60),
+    )
+    .await;
+    let operator_token = agents[lead].operator_token();
+
+    lan.cut(lead);
+    // the cut-off side refuses writes, saying why, and runs no orchestrator
+    let submit_there = || {
+        lan.command(lead, env!("CARGO_BIN_EXE_kraken"))
+            .args(["job", "submit", "echo", "--spec", r#"{"message":"lost?"}"#])
+            .args(["--api", "http://127.0.0.1:8080", "--token", &operator_token])
+            .output()
+            .unwrap()
+    };
+    let refused = wait_until(
+        "the cut-off leader refuses writes",
+        Duration::from_secs(20),
+        || {
+            let out = submit_there();
+            (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+        },
+    );
+    assert!(refused.contains("no quorum"), "{refused}");
+    // the majority elects a leader of its own, which takes work
+    let majority: Vec<usize> = (0..3).filter(|&i| i != lead).collect();
+    let new_lead = wait_for_raft_leader(&agents, &majority, Duration::from_secs(30)).await;
+    let client = agents[new_lead].client();
+    let during = enqueue(&client, "echo", json!({"message": "during"}), "").await;
+    assert_eq!(
+        wait_final(
+            &client,
+            std::slice::from_ref(&during),
+            Duration::from_secs(60)
+        )
+        .await[0]["state"],
+        "SUCCEEDED"
+    );
+    let still_refused = submit_there();
+    assert!(!still_refused.status.success(), "never two orchestrators");
+
+    // healed: one cluster, one orchestrator, and nothing acknowledged is lost
+    lan.heal(lead);
+    let all_hosts: Vec<usize> = (0..3).collect();
+    let leader = wait_for_raft_leader(&agents, &all_hosts, Duration::from_secs(30)).await;
+    assert_eq!(
+        leader, new_lead,
+        "the healed node does not depose the leader"
+    );
+    let client = agents[leader].client();
+    for id in [&before, &during] {
+        assert_eq!(job(&client, id).await["state"], "SUCCEEDED");
+    }
+    wait_until_async(
+        "the healed node is a worker again",
+        Duration::from_secs(60),
+        || async {
+            let nodes = client.get("/api/v1/nodes").await.ok()?;
+            nodes
+                .as_array()?
+                .iter()
+                .any(|n| n["id"] == json!(ids[lead]) && n["alive"] == json!(true))
+                .then_some(())
+        },
+    )
+    .await;
+    let log = agents[lead].log();
+    assert!(log.contains("this node no longer leads"), "{log}");
 }

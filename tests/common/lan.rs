@@ -176,6 +176,27 @@ impl Lan {
         must(&["ip", "link", "set", &self.veth(i), "down"]);
     }
 
+    /// Powers host `i` off: every process in it killed at once (the agent, its RabbitMQ,
+    /// epmd), and the job containers its worker ran (on the machine's shared dockerd)
+    /// removed, as a power cut would.
+    pub fn power_off(&self, i: usize, node: &str) {
+        let ns = self.netns(i);
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                run(&["kill", "-9", pid]);
+            }
+        }
+        let label = format!("label=kraken.node={node}");
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &label])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                run(&["docker", "rm", "-f", id]);
+            }
+        }
+    }
+
     /// Plugs host `i` back in.
     pub fn heal(&self, i: usize) {
         must(&["ip", "link", "set", &self.veth(i), "up"]);

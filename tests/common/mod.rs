@@ -448,6 +448,28 @@ pub fn wait_for_leader(agents: &[Agent]) -> usize {
     )
 }
 
+/// The one agent among `alive` whose Raft leads with a majority, once every one of them
+/// agrees on it; waits up to `within`.
+pub async fn wait_for_raft_leader(agents: &[Agent], alive: &[usize], within: Duration) -> usize {
+    wait_until_async("the live agents agree on one leader", within, || async {
+        let mut leading = Vec::new();
+        let mut named = std::collections::BTreeSet::new();
+        for &i in alive {
+            let view = Client::new(&agents[i].url(), None)
+                .get("/api/v1/leader")
+                .await
+                .ok()?;
+            if view["leading"] == json!(true) {
+                leading.push(i);
+            }
+            named.insert(view["leader"].as_str()?.to_owned());
+        }
+        (leading.len() == 1 && named.len() == 1 && named.contains(&agents[leading[0]].node_id()))
+            .then(|| leading[0])
+    })
+    .await
+}
+
 /// A job through GraphQL.
 pub async fn job(client: &Client, id: &str) -> Value {
     let q = "query($id: ID!) { job(id: $id) { id kind state attempt node error result exitCode log { text stream } attempts { number node outcome } } }";
