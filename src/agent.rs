@@ -102,27 +102,83 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     } else {
         None
     };
-    let result = match decide(&config, &dir, &node_id, discovery.as_deref(), &shutdown).await {
-        Ok(Decision::Orchestrate) => {
-            found(
-                &config, &dir, &node_id, runtime, discovery, &shutdown, &tasks,
-            )
-            .await
+    let result = loop {
+        // one life in one cluster; a lone founder that yields to a cluster formed at the
+        // same moment starts another
+        let life = shutdown.child_token();
+        let life_tasks = TaskTracker::new();
+        let abandon = CancellationToken::new();
+        let result = match decide(&config, &dir, &node_id, discovery.as_deref(), &life).await {
+            Ok(Decision::Orchestrate) => {
+                let ctx = Life {
+                    shutdown: &life,
+                    tasks: &life_tasks,
+                    abandon: abandon.clone(),
+                };
+                found(
+                    &config,
+                    &dir,
+                    &node_id,
+                    runtime.clone(),
+                    discovery.clone(),
+                    ctx,
+                )
+                .await
+            }
+            Ok(Decision::Join(m)) => {
+                join(
+                    &config,
+                    &dir,
+                    &node_id,
+                    m,
+                    runtime.clone(),
+                    discovery.clone(),
+                    &life,
+                    &life_tasks,
+                )
+                .await
+            }
+            Ok(Decision::Stopped) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = &result {
+            tracing::error!(%error, "agent failed");
+            shutdown.cancel();
         }
-        Ok(Decision::Join(m)) => {
-            join(
-                &config, &dir, &node_id, m, runtime, discovery, &shutdown, &tasks,
-            )
-            .await
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = abandon.cancelled() => {}
         }
-        Ok(Decision::Stopped) => Ok(()),
-        Err(e) => Err(e),
+        life.cancel();
+        life_tasks.close();
+        if tokio::time::timeout(Duration::from_secs(30), life_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop within 30 s");
+        }
+        if shutdown.is_cancelled() {
+            break result;
+        }
+        // yielded: this node's own cluster (it alone, with nothing in it) is dropped
+        for file in [
+            dir.0.join("cluster-id"),
+            dir.join_token_file(),
+            dir.operator_token_file(),
+        ] {
+            let _ = std::fs::remove_file(file);
+        }
+        for d in [dir.store_dir(), dir.broker_dir()] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        if let Some(d) = &discovery {
+            d.update(|a| {
+                a.role = Role::Candidate;
+                a.cluster = String::new();
+                a.term = 0;
+            });
+        }
     };
-    if let Err(error) = &result {
-        tracing::error!(%error, "agent failed");
-        shutdown.cancel();
-    }
-    shutdown.cancelled().await;
     tracing::info!("shutting down");
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(30), tasks.wait())
@@ -349,14 +405,21 @@ async fn enroll(
 }
 
 /// Founds a cluster (or runs the one this data dir founded): this node is its first voter.
+/// One life of the agent in one cluster: what stops it, and where its tasks run.
+struct Life<'a> {
+    shutdown: &'a CancellationToken,
+    tasks: &'a TaskTracker,
+    /// Cancelled by a lone founder that yields its new cluster to another.
+    abandon: CancellationToken,
+}
+
 async fn found(
     config: &Config,
     dir: &DataDir,
     node_id: &str,
     runtime: Arc<Runtime>,
     discovery: Option<Arc<Discovery>>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
+    life: Life<'_>,
 ) -> Result<(), AgentError> {
     let newborn = !dir.join_token_file().exists();
     let secrets = ClusterSecrets {
@@ -378,9 +441,18 @@ async fn found(
         newborn,
         orchestrator_url: None,
         amqp_url: None,
+        abandon: newborn.then_some(life.abandon),
     };
     member::run(
-        config, dir, node_id, store, runtime, discovery, spec, shutdown, tasks,
+        config,
+        dir,
+        node_id,
+        store,
+        runtime,
+        discovery,
+        spec,
+        life.shutdown,
+        life.tasks,
     )
     .await
 }
@@ -454,6 +526,7 @@ async fn join(
         newborn: false,
         orchestrator_url: Some(membership.url.clone()),
         amqp_url: amqp,
+        abandon: None,
     };
     member::run(
         config, dir, node_id, store, runtime, discovery, spec, shutdown, tasks,

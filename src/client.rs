@@ -30,8 +30,14 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, token: Option<String>) -> Self {
+        Self::with_timeout(base, token, Duration::from_secs(30))
+    }
+
+    /// A client whose every request gives up after `timeout` (a peer that may be gone).
+    pub fn with_timeout(base: &str, token: Option<String>, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
             .build()
             .unwrap_or_default();
         Self {

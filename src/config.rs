@@ -148,6 +148,9 @@ pub struct BrokerConfig {
     pub ctl_bin: String,
     /// Messages a consumer may hold unacknowledged.
     pub prefetch: u16,
+    /// A voter that does not lead keeps its broker running, idle, so that it serves the
+    /// cluster at once if it takes over (about 120 MiB of memory; failover seconds faster).
+    pub standby: bool,
 }
 
 impl Default for BrokerConfig {
@@ -159,6 +162,7 @@ impl Default for BrokerConfig {
             server_bin: "rabbitmq-server".into(),
             ctl_bin: "rabbitmqctl".into(),
             prefetch: 64,
+            standby: true,
         }
     }
 }

@@ -129,7 +129,12 @@ pub struct Device {
 impl Device {
     /// The base URL of its API (on its first address).
     pub fn api_url(&self) -> Option<String> {
-        let ip = self.addresses.first()?;
+        // a link-local IPv6 address needs its interface (zone) to be reached, which mDNS
+        // does not give: such a device is reached at its IPv4 address, once that is known
+        let ip = self
+            .addresses
+            .iter()
+            .find(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))?;
         Some(match ip {
             IpAddr::V4(v4) => format!("http://{v4}:{}", self.advert.api_port),
             IpAddr::V6(v6) => format!("http://[{v6}]:{}", self.advert.api_port),

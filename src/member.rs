@@ -13,7 +13,7 @@
 
 use crate::agent::AgentError;
 use crate::api::{self, ApiState, Live, LiveSlot};
-use crate::broker::server::{BrokerUser, RabbitServer, ServerSpec, ADMIN_USER};
+use crate::broker::server::{BrokerUser, RabbitServer, ServerSpec};
 use crate::client::{Client, ClientError};
 use crate::cluster::network::Resolve;
 use crate::cluster::Cluster;
@@ -56,6 +56,9 @@ pub struct MemberSpec {
     pub orchestrator_url: Option<String>,
     /// The broker URL the join handshake gave, if it just happened.
     pub amqp_url: Option<String>,
+    /// A new cluster's founder cancels this to give its cluster up for another one formed
+    /// at the same moment (see [`Member::yield_to_a_twin`]).
+    pub abandon: Option<CancellationToken>,
 }
 
 /// Everything the member's tasks share.
@@ -70,6 +73,19 @@ struct Member {
     live: LiveSlot,
     /// The AMQP URL the worker uses.
     access: watch::Sender<Option<String>>,
+    /// This node's RabbitMQ while it runs (leading, or a voter on standby).
+    broker: tokio::sync::Mutex<Option<RunningBroker>>,
+    /// The agent's shutdown, and its tasks: a broker outlives an orchestrator's stack.
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A supervised RabbitMQ of this node.
+struct RunningBroker {
+    server: Arc<RabbitServer>,
+    ready: watch::Receiver<bool>,
+    /// Stops it.
+    stop: CancellationToken,
 }
 
 /// Runs a member until `shutdown` (its tasks are spawned on `tasks`).
@@ -125,6 +141,9 @@ pub async fn run(
         spec,
         live,
         access,
+        broker: Default::default(),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
     });
     let worker = Worker::new(worker_settings(config, node_id), runtime);
     worker.start(access_rx, shutdown.child_token(), tasks);
@@ -134,6 +153,16 @@ pub async fn run(
     let m = member.clone();
     let token = shutdown.child_token();
     tasks.spawn(async move { m.follow_orchestrator(token).await });
+    if let (Some(abandon), true) = (member.spec.abandon.clone(), member.discovery.is_some()) {
+        let m = member.clone();
+        let token = shutdown.child_token();
+        tasks.spawn(async move { m.yield_to_a_twin(abandon, token).await });
+    }
+    if config.broker.standby && config.broker.url.is_empty() {
+        let m = member.clone();
+        let token = shutdown.child_token();
+        tasks.spawn(async move { m.keep_standby(token).await });
+    }
     Ok(())
 }
 
@@ -237,7 +266,20 @@ impl Member {
         store.flush().await?;
         tracing::info!(term, cluster = %secrets.cluster_id, "orchestrating (join token: `kraken token`)");
 
-        let (rabbit, ready) = self.start_broker(&secrets, stack, tasks)?;
+        let nodes: Vec<String> = store.nodes()?.into_iter().map(|n| n.id).collect();
+        let (rabbit, ready) = self.broker(&secrets, nodes.clone()).await?;
+        if let Some(r) = &rabbit {
+            // a standby broker may lack the newest nodes' users
+            let (r, users) = (
+                r.clone(),
+                BrokerUser::for_cluster(&secrets.join_token, nodes),
+            );
+            tasks.spawn(async move {
+                if let Err(error) = r.set_users(users).await {
+                    tracing::warn!(%error, "cannot update the broker's users");
+                }
+            });
+        }
         let orch = Orchestrator::new(
             self.config.clone(),
             store.clone(),
@@ -302,6 +344,11 @@ impl Member {
             tracing::warn!("the orchestrator's tasks did not stop within 30 s");
         }
         self.store.stop_recording();
+        let standby =
+            self.config.broker.standby && self.cluster.view().voters.contains(&self.node_id);
+        if !standby {
+            self.stop_broker().await;
+        }
         if was {
             self.access.send_replace(None);
             tracing::info!("stopped orchestrating");
@@ -333,30 +380,23 @@ impl Member {
     }
 
     /// Starts this node's RabbitMQ for the cluster (unless an external broker is set).
-    #[allow(clippy::type_complexity)]
-    fn start_broker(
+    /// This node's broker, started if it is not running (`None`: the external `broker.url`),
+    /// with users for the node ids `nodes`.
+    async fn broker(
         &self,
         secrets: &ClusterSecrets,
-        stack: &CancellationToken,
-        tasks: &TaskTracker,
+        nodes: Vec<String>,
     ) -> Result<(Option<Arc<RabbitServer>>, watch::Receiver<bool>), AgentError> {
         let config = &self.config;
-        let (ready_tx, ready_rx) = watch::channel(false);
         if !config.broker.url.is_empty() {
             tracing::info!("using the external broker from broker.url");
-            let _ = ready_tx.send(true);
-            return Ok((None, ready_rx));
+            return Ok((None, watch::channel(true).1));
         }
-        let mut users = vec![BrokerUser {
-            name: ADMIN_USER.into(),
-            password: identity::broker_password(&secrets.join_token, ADMIN_USER),
-            admin: true,
-        }];
-        users.extend(self.store.nodes()?.into_iter().map(|n| BrokerUser {
-            password: identity::broker_password(&secrets.join_token, &n.id),
-            name: n.id,
-            admin: false,
-        }));
+        let users = BrokerUser::for_cluster(&secrets.join_token, nodes);
+        let mut slot = self.broker.lock().await;
+        if let Some(b) = &*slot {
+            return Ok((Some(b.server.clone()), b.ready.clone()));
+        }
         let spec = ServerSpec {
             node_name: format!("kraken-{}@localhost", config.broker.amqp_port),
             amqp_port: config.broker.amqp_port,
@@ -366,11 +406,78 @@ impl Member {
             server_bin: config.broker.server_bin.clone(),
             ctl_bin: config.broker.ctl_bin.clone(),
         };
-        let rabbit = Arc::new(RabbitServer::new(spec, users)?);
-        let r = rabbit.clone();
-        let token = stack.clone();
-        tasks.spawn(async move { r.supervise(token, ready_tx).await });
-        Ok((Some(rabbit), ready_rx))
+        let server = Arc::new(RabbitServer::new(spec, users)?);
+        let (ready_tx, ready) = watch::channel(false);
+        let stop = self.shutdown.child_token();
+        let (s, token) = (server.clone(), stop.clone());
+        self.tasks
+            .spawn(async move { s.supervise(token, ready_tx).await });
+        *slot = Some(RunningBroker {
+            server: server.clone(),
+            ready: ready.clone(),
+            stop,
+        });
+        Ok((Some(server), ready))
+    }
+
+    /// Stops this node's broker, if it runs.
+    async fn stop_broker(&self) {
+        if let Some(b) = self.broker.lock().await.take() {
+            b.stop.cancel();
+        }
+    }
+
+    /// While this node votes but does not lead, keeps its broker running with the cluster's
+    /// users, so that a take-over finds it up; stops it when the node stops voting.
+    async fn keep_standby(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.cluster.leading().borrow().is_some() {
+                continue;
+            }
+            let votes = self.cluster.view().voters.contains(&self.node_id);
+            if !votes {
+                if self.broker.lock().await.is_some() {
+                    tracing::info!("no longer a voter: stopping the standby broker");
+                    self.stop_broker().await;
+                }
+                continue;
+            }
+            let Ok(Some(kept)) = self.store.replica_setting::<KeptSecrets>(SECRETS_KEY) else {
+                continue;
+            };
+            let Ok(nodes) = self.store.replica_node_ids() else {
+                continue;
+            };
+            let secrets = ClusterSecrets {
+                cluster_id: kept.cluster_id,
+                join_token: kept.join_token,
+                operator_token: kept.operator_token,
+            };
+            let was_running = self.broker.lock().await.is_some();
+            match self.broker(&secrets, nodes.clone()).await {
+                Ok((Some(server), _)) => {
+                    if !was_running {
+                        tracing::info!("a voter: keeping a standby broker ready for a take-over");
+                    }
+                    // new nodes get their users before this node may need them
+                    let users = BrokerUser::for_cluster(&secrets.join_token, nodes);
+                    let token = shutdown.clone();
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        r = server.set_users(users) => if let Err(error) = r {
+                            tracing::warn!(%error, "cannot update the standby broker's users");
+                        }
+                    }
+                }
+                Ok((None, _)) => {}
+                Err(error) => tracing::warn!(%error, "cannot start the standby broker"),
+            }
+        }
     }
 
     /// While leading: commits writes nobody flushed (heartbeats, log lines) twice a second,
@@ -405,10 +512,69 @@ impl Member {
         }
     }
 
+    /// Agents booted together may found two clusters when one does not see the other in
+    /// time. While this new cluster holds nothing but its founder (no other node, no job),
+    /// the founder gives it up for a twin: another cluster's orchestrator in view that
+    /// answers as its leader and has more devices, or as many and a lower node id. Only one
+    /// of two twins yields, and a cluster with members never does.
+    async fn yield_to_a_twin(&self, abandon: CancellationToken, shutdown: CancellationToken) {
+        let Some(d) = &self.discovery else { return };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.cluster.leading().borrow().is_none() {
+                continue;
+            }
+            let alone = self.store.nodes().is_ok_and(|n| n.len() <= 1)
+                && self.store.jobs().next().is_none();
+            if !alone {
+                return;
+            }
+            let devices = d.devices();
+            let size = |cluster: &str| {
+                devices
+                    .iter()
+                    .filter(|x| x.advert.cluster == cluster)
+                    .count()
+            };
+            for twin in d.orchestrators(None) {
+                let cluster = &twin.advert.cluster;
+                if cluster.is_empty() || *cluster == self.spec.cluster_id {
+                    continue;
+                }
+                let theirs = size(cluster);
+                if theirs <= 1 && twin.advert.node.as_str() >= self.node_id.as_str() {
+                    continue;
+                }
+                let Some(url) = twin.api_url() else { continue };
+                // a forged advert does not make a founder give its cluster up
+                let leads = Client::with_timeout(&url, None, Duration::from_secs(2))
+                    .get("/api/v1/leader")
+                    .await
+                    .is_ok_and(|v| v["leading"] == true && v["node"] == twin.advert.node.as_str());
+                if !leads {
+                    continue;
+                }
+                tracing::warn!(
+                    twin = %cluster,
+                    orchestrator = %twin.advert.node,
+                    devices = theirs,
+                    "another cluster was founded at the same moment; this new cluster holds nothing yet, so it is given up and this device joins the other"
+                );
+                abandon.cancel();
+                return;
+            }
+        }
+    }
+
     /// Keeps the worker's broker URL pointing at the orchestrator.
     async fn follow_orchestrator(self: Arc<Self>, shutdown: CancellationToken) {
         let mut following: Option<String> = self.spec.orchestrator_url.clone();
-        // candidates that failed the handshake, not asked again for a while
+        // candidates that failed the handshake, not asked again until the given time: an
+        // impostor for a long while, one that is down or busy electing only briefly
         let mut refused: HashMap<String, Instant> = HashMap::new();
         let mut told: Option<String> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -421,7 +587,7 @@ impl Member {
                 following = None;
                 continue;
             }
-            refused.retain(|_, at| at.elapsed() < Duration::from_secs(30));
+            refused.retain(|_, until| Instant::now() < *until);
             let candidates = self.orchestrator_candidates();
             let Some(best) = candidates.iter().find(|c| !refused.contains_key(*c)) else {
                 continue;
@@ -443,8 +609,22 @@ impl Member {
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(%error, candidate = %best, "not following it");
-                    refused.insert(best.clone(), Instant::now());
+                    let distrusted = matches!(
+                        &error,
+                        ClientError::Impostor(_)
+                            | ClientError::Refused {
+                                status: 401 | 403,
+                                ..
+                            }
+                    );
+                    let pause = if distrusted { 30_000 } else { 1_000 };
+                    refused.insert(best.clone(), Instant::now() + Duration::from_millis(pause));
+                    if distrusted {
+                        tracing::warn!(%error, candidate = %best, "not following it");
+                    } else {
+                        // down, or still taking over: asked again in a second
+                        tracing::debug!(%error, candidate = %best, "not following it yet");
+                    }
                 }
             }
         }
@@ -476,7 +656,8 @@ impl Member {
     /// The join handshake with the orchestrator at `url` (it must prove it knows the
     /// cluster token); the AMQP URL of its broker.
     async fn handshake(&self, url: &str) -> Result<String, ClientError> {
-        let resp = Client::new(url, None)
+        // a candidate may be a powered-off host that answers nothing: do not wait long
+        let resp = Client::with_timeout(url, None, Duration::from_secs(5))
             .join(
                 &self.spec.join_token,
                 join_request(&self.config, &self.node_id),

@@ -371,19 +371,8 @@ impl Orchestrator {
 
     /// The broker users: the administrator and every known node.
     fn broker_users(&self) -> Result<Vec<BrokerUser>, OrchestratorError> {
-        let mut users = vec![BrokerUser {
-            name: ADMIN_USER.into(),
-            password: identity::broker_password(&self.secrets.join_token, ADMIN_USER),
-            admin: true,
-        }];
-        for node in self.store.nodes()? {
-            users.push(BrokerUser {
-                password: identity::broker_password(&self.secrets.join_token, &node.id),
-                name: node.id,
-                admin: false,
-            });
-        }
-        Ok(users)
+        let nodes = self.store.nodes()?.into_iter().map(|n| n.id);
+        Ok(BrokerUser::for_cluster(&self.secrets.join_token, nodes))
     }
 
     /// The AMQP URL of `user` on the supervised broker, or the external one.

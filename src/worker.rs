@@ -139,7 +139,7 @@ impl Worker {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = access.changed() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             };

@@ -6,7 +6,6 @@ mod common;
 
 use common::lan::Lan;
 use common::*;
-use kraken::client::Client;
 use serde_json::json;
 use std::time::Duration;
 
@@ -107,12 +106,13 @@ async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries
     agents[lead].wait_ready(3).await;
     let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
 
-    // the orchestrator's lease changes under the running cluster
+    // the orchestrator's lease changes under the running cluster (its peers may elect
+    // another leader meanwhile: its connections died with the old address)
     let new_ip = lan.readdress(lead, 200);
     agents[lead].set_host(&new_ip);
-    let worker = (lead + 1) % 3;
-    let orch = &agents[lead];
-    let client = orch.client();
+    let all: Vec<usize> = (0..3).collect();
+    let leader = wait_for_raft_leader(&agents, &all, Duration::from_secs(60)).await;
+    let client = agents[leader].client();
     let all_alive = || async {
         let nodes = client.get("/api/v1/nodes").await.ok()?;
         let alive: Vec<String> = nodes
@@ -123,21 +123,26 @@ async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries
             .collect();
         ids.iter().all(|id| alive.contains(id)).then_some(())
     };
-    wait_until_async(
-        "the workers follow the orchestrator",
-        Duration::from_secs(60),
-        || async {
-            let moved = agents[worker].log().lines().any(|l| {
-                l.contains("following the orchestrator") && l.contains(&format!("//{new_ip}:"))
-            });
-            if moved {
-                all_alive().await
-            } else {
-                None
-            }
-        },
-    )
-    .await;
+    let worker = (0..3).find(|&i| i != lead && i != leader).unwrap();
+    if leader == lead {
+        wait_until_async(
+            "the workers follow the orchestrator",
+            Duration::from_secs(60),
+            || async {
+                let moved = agents[worker].log().lines().any(|l| {
+                    l.contains("following the orchestrator") && l.contains(&format!("//{new_ip}:"))
+                });
+                if moved {
+                    all_alive().await
+                } else {
+                    None
+                }
+            },
+        )
+        .await;
+    } else {
+        wait_until_async("every node is alive", Duration::from_secs(60), all_alive).await;
+    }
     // work still reaches every worker: enough jobs that each node gets some
     let mut jobs = Vec::new();
     for i in 0..6 {
@@ -147,7 +152,7 @@ async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries
     assert!(done.iter().all(|j| j["state"] == "SUCCEEDED"), "{done:?}");
 
     // a worker's lease changes: it reconnects from its new address
-    lan.readdress(worker, 201);
+    let worker_ip = lan.readdress(worker, 201);
     tokio::time::sleep(Duration::from_secs(3)).await;
     wait_until_async(
         "the re-addressed worker is back",
@@ -165,7 +170,6 @@ async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries
         "the same three nodes: {nodes}"
     );
     // and the nodes' records know where they are now
-    let worker_ip = lan.ip(0).rsplit_once('.').unwrap().0.to_owned() + ".201";
     wait_until_async(
         "the records show the new addresses",
         Duration::from_secs(20),
@@ -195,8 +199,13 @@ async fn five_hosts_booted_at_once_end_as_one_cluster() {
     // settled: still exactly one cluster, and every host in it
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(agents.iter().filter(|a| a.leads()).count(), 1);
-    let lowest = agents.iter().map(|a| a.node_id()).min().unwrap();
-    assert_eq!(agents[lead].node_id(), lowest);
+    // (usually the lowest node id founds; when two founded at once, one gave its empty
+    // cluster up for the other: either way one leader)
+    let all: Vec<usize> = (0..5).collect();
+    assert_eq!(
+        wait_for_raft_leader(&agents, &all, Duration::from_secs(30)).await,
+        lead
+    );
     let cluster = agents[lead].client().get("/api/v1/cluster").await.unwrap();
     for a in &agents {
         let m = std::fs::read_to_string(a.data_dir().join("membership.json"));
@@ -279,16 +288,6 @@ async fn a_worker_cut_off_loses_its_jobs_to_the_others_and_comes_back() {
     }
 }
 
-/// Waits until the leader counts three voters (the cluster can lose one).
-async fn wait_for_three_voters(leader: &Agent) {
-    let client = Client::new(&leader.url(), None);
-    wait_until_async("three voters", Duration::from_secs(60), || async {
-        let view = client.get("/api/v1/leader").await.ok()?;
-        (view["voters"].as_array()?.len() == 3).then_some(())
-    })
-    .await;
-}
-
 /// Each job's attempts that succeeded.
 fn successes(job: &serde_json::Value) -> usize {
     job["attempts"].as_array().map_or(0, |a| {
@@ -305,7 +304,7 @@ async fn the_leader_powered_off_with_jobs_in_flight_loses_nothing() {
     let mut agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 2, &[])).collect();
     let lead = wait_for_leader(&agents);
     agents[lead].wait_ready(3).await;
-    wait_for_three_voters(&agents[lead]).await;
+    wait_for_voters(&agents[lead], 3).await;
     let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
     let client = agents[lead].client();
     let term_before = client.get("/api/v1/leader").await.unwrap()["term"]
@@ -422,7 +421,7 @@ async fn a_leader_cut_off_with_a_minority_stops_and_the_majority_carries_on() {
     let agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 1, &[])).collect();
     let lead = wait_for_leader(&agents);
     agents[lead].wait_ready(3).await;
-    wait_for_three_voters(&agents[lead]).await;
+    wait_for_voters(&agents[lead], 3).await;
     let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
     let client = agents[lead].client();
     let before = enqueue(&client, "echo", json!({"message": "before"}), "").await;
@@ -496,4 +495,47 @@ async fn a_leader_cut_off_with_a_minority_stops_and_the_majority_carries_on() {
     .await;
     let log = agents[lead].log();
     assert!(log.contains("this node no longer leads"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_founded_alone_while_unplugged_joins_the_lans_cluster() {
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let lan = Lan::new(3);
+    // host2's cable is out at its first boot: it founds a cluster of its own
+    lan.cut(2);
+    let agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 1, &[])).collect();
+    wait_until("both sides founded", Duration::from_secs(30), || {
+        (agents[2].leads() && (agents[0].leads() || agents[1].leads())).then_some(())
+    });
+    let lead = wait_for_raft_leader(&agents, &[0, 1], Duration::from_secs(30)).await;
+    agents[lead].wait_ready(2).await;
+    let cluster = agents[lead].client().get("/api/v1/cluster").await.unwrap()["id"].clone();
+
+    // plugged in, it finds the bigger cluster, gives its empty one up and joins
+    lan.heal(2);
+    agents[lead].wait_ready(3).await;
+    let log = agents[2].log();
+    assert!(
+        log.contains("another cluster was founded at the same moment"),
+        "{log}"
+    );
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(agents[2].data_dir().join("membership.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["cluster"], cluster);
+    let all: Vec<usize> = (0..3).collect();
+    assert_eq!(
+        wait_for_raft_leader(&agents, &all, Duration::from_secs(30)).await,
+        lead,
+        "one cluster, one orchestrator"
+    );
+    let client = agents[lead].client();
+    let id = enqueue(&client, "echo", json!({"message": "one"}), "").await;
+    assert_eq!(
+        wait_final(&client, &[id], Duration::from_secs(60)).await[0]["state"],
+        "SUCCEEDED"
+    );
 }

@@ -22,7 +22,7 @@ const BOOT_WAIT: Duration = Duration::from_secs(60);
 pub const ADMIN_USER: &str = "kraken-admin";
 
 /// One broker user: a node, or the administrator.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUser {
     pub name: String,
     pub password: String,
@@ -47,6 +47,24 @@ pub struct RabbitServer {
     users: tokio::sync::Mutex<Vec<BrokerUser>>,
     /// Whether the AMQP port answers (what `supervise` last saw).
     up: tokio::sync::watch::Sender<bool>,
+}
+
+impl BrokerUser {
+    /// A cluster's users: the administrator (the orchestrator) and one per node id, with
+    /// passwords derived from the cluster's join token.
+    pub fn for_cluster(join_token: &str, nodes: impl IntoIterator<Item = String>) -> Vec<Self> {
+        let mut users = vec![BrokerUser {
+            name: ADMIN_USER.into(),
+            password: crate::identity::broker_password(join_token, ADMIN_USER),
+            admin: true,
+        }];
+        users.extend(nodes.into_iter().map(|id| BrokerUser {
+            password: crate::identity::broker_password(join_token, &id),
+            name: id,
+            admin: false,
+        }));
+        users
+    }
 }
 
 impl RabbitServer {
@@ -115,6 +133,9 @@ impl RabbitServer {
     /// broker.
     pub async fn set_users(&self, users: Vec<BrokerUser>) -> Result<(), BrokerError> {
         let mut current = self.users.lock().await;
+        if *current == users {
+            return Ok(());
+        }
         let path = self.write_definitions(&users)?;
         *current = users;
         // a broker still booting loads the file itself, but may have read it already: the

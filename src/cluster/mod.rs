@@ -520,7 +520,15 @@ impl Cluster {
                 }
                 serde_json::to_vec(&answer)
             }
-            "vote" => serde_json::to_vec(&self.raft.vote(parse(body)?).await),
+            "vote" => {
+                let answer = self.raft.vote(parse(body)?).await;
+                // a vote given restarts the wait, as a leader's word does: the candidate
+                // gets its time to win before this node stands itself
+                if answer.as_ref().is_ok_and(|a| a.vote_granted) {
+                    heard();
+                }
+                serde_json::to_vec(&answer)
+            }
             "prevote" => serde_json::to_vec(&PreVoteAnswer {
                 granted: self.grants_pre_vote(&parse(body)?)?,
             }),

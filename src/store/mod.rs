@@ -421,6 +421,15 @@ impl Store {
             .transpose()
     }
 
+    /// The node ids the replicated state knows.
+    pub fn replica_node_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.replica(TreeName::Nodes)
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
     /// A setting as the replicated state has it.
     pub fn replica_setting<T: for<'de> Deserialize<'de>>(
         &self,

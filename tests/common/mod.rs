@@ -102,7 +102,9 @@ impl Agent {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_kraken"));
                 // mDNS stays on loopback, on a port of this test's own
                 c.env("KRAKEN_DISCOVERY_INTERFACES", "lo")
-                    .env("KRAKEN_DISCOVERY_PORT", mdns_port().to_string());
+                    .env("KRAKEN_DISCOVERY_PORT", mdns_port().to_string())
+                    // agents on one machine share it: no idle brokers beside the leader's
+                    .env("KRAKEN_BROKER_STANDBY", "false");
                 c
             }
         };
@@ -449,7 +451,7 @@ pub fn wait_for_leader(agents: &[Agent]) -> usize {
 }
 
 /// The one agent among `alive` whose Raft leads with a majority, once every one of them
-/// agrees on it; waits up to `within`.
+/// that knows a leader names it; waits up to `within`.
 pub async fn wait_for_raft_leader(agents: &[Agent], alive: &[usize], within: Duration) -> usize {
     wait_until_async("the live agents agree on one leader", within, || async {
         let mut leading = Vec::new();
@@ -462,12 +464,76 @@ pub async fn wait_for_raft_leader(agents: &[Agent], alive: &[usize], within: Dur
             if view["leading"] == json!(true) {
                 leading.push(i);
             }
-            named.insert(view["leader"].as_str()?.to_owned());
+            // a plain worker (no voter, no learner) knows no leader
+            if let Some(leader) = view["leader"].as_str() {
+                named.insert(leader.to_owned());
+            }
         }
-        (leading.len() == 1 && named.len() == 1 && named.contains(&agents[leading[0]].node_id()))
-            .then(|| leading[0])
+        if leading.len() != 1 || named.len() != 1 || !named.contains(&agents[leading[0]].node_id())
+        {
+            return None;
+        }
+        // and it has taken over: its API serves the operator
+        let token = std::fs::read_to_string(agents[leading[0]].data_dir().join("operator-token"));
+        Client::new(
+            &agents[leading[0]].url(),
+            Some(token.ok()?.trim().to_owned()),
+        )
+        .get("/api/v1/nodes")
+        .await
+        .ok()?;
+        Some(leading[0])
     })
     .await
+}
+
+/// Waits until `leader` counts `n` voters.
+pub async fn wait_for_voters(leader: &Agent, n: usize) {
+    let client = Client::new(&leader.url(), None);
+    wait_until_async(&format!("{n} voters"), Duration::from_secs(60), || async {
+        let view = client.get("/api/v1/leader").await.ok()?;
+        (view["voters"].as_array()?.len() == n).then_some(())
+    })
+    .await;
+}
+
+/// Seconds since the epoch of a log line's leading timestamp (`2026-11-24T18:21:52.417664Z`).
+pub fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    let sec = t.next()?.parse::<f64>().ok()?;
+    // days from the civil date (Howard Hinnant's algorithm)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + sec)
+}
+
+/// Seconds since the epoch, now.
+pub fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// When `agent` first logged a line containing `what` at or after `since` (epoch seconds).
+pub fn logged_at(agent: &Agent, what: &str, since: f64) -> Option<f64> {
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains(what))
+        .filter_map(log_time)
+        .find(|t| *t >= since)
 }
 
 /// A job through GraphQL.
