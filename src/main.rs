@@ -374,6 +374,26 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             // devices on the LAN that are not in this cluster: newcomers, other clusters
             let cluster = api.client().get("/api/v1/cluster").await?;
+            let raft = &cluster["raft"];
+            if let Some(leader) = raft["leader"].as_str() {
+                let voters: Vec<&str> = raft["voters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                println!(
+                    "
+leader {leader} (term {}), voters {}; {}",
+                    raft["term"],
+                    voters.join(", "),
+                    if raft["failover"] == true {
+                        "it survives the orchestrator's death"
+                    } else {
+                        "no failover with fewer than 3 voters"
+                    }
+                );
+            }
             let members: Vec<&str> = nodes
                 .as_array()
                 .into_iter()
