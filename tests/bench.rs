@@ -361,17 +361,11 @@ async fn lan_benchmark(out: &mut String) {
         let started = Instant::now();
         let mut device = Agent::on_lan(&lan, 3, 1, &[]);
         let id = device.node_id();
-        wait_until_async(
+        wait_alive(
+            &client,
+            &[id.as_str()],
             "the new device is a healthy worker",
             Duration::from_secs(60),
-            || async {
-                let nodes = client.get("/api/v1/nodes").await.ok()?;
-                nodes
-                    .as_array()?
-                    .iter()
-                    .any(|n| n["id"] == json!(id) && n["alive"] == json!(true))
-                    .then_some(())
-            },
         )
         .await;
         joins.push(started.elapsed().as_secs_f64() * 1000.0);

@@ -265,14 +265,12 @@ async fn a_worker_cut_off_loses_its_jobs_to_the_others_and_comes_back() {
     }
     // plugged back in, it is a healthy worker again, with the same identity
     lan.heal(victim);
-    wait_until_async("the victim is back", Duration::from_secs(60), || async {
-        let nodes = client.get("/api/v1/nodes").await.ok()?;
-        nodes
-            .as_array()?
-            .iter()
-            .any(|n| n["id"] == json!(victim_id) && n["alive"] == json!(true))
-            .then_some(())
-    })
+    wait_alive(
+        &client,
+        &[victim_id.as_str()],
+        "the victim is back",
+        Duration::from_secs(60),
+    )
     .await;
     // and the attempts it finished while cut off changed nothing: each job succeeded once
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -353,21 +351,12 @@ async fn the_leader_powered_off_with_jobs_in_flight_loses_nothing() {
     let view = client.get("/api/v1/leader").await.unwrap();
     assert!(view["term"].as_u64().unwrap() > term_before, "{view}");
     // the surviving workers reconnect to the new broker by themselves
-    wait_until_async(
+    let survivor_ids: Vec<&str> = survivors.iter().map(|&i| ids[i].as_str()).collect();
+    wait_alive(
+        &client,
+        &survivor_ids,
         "the survivors are healthy workers",
         Duration::from_secs(30),
-        || async {
-            let nodes = client.get("/api/v1/nodes").await.ok()?;
-            survivors
-                .iter()
-                .all(|&i| {
-                    nodes.as_array().is_some_and(|n| {
-                        n.iter()
-                            .any(|n| n["id"] == json!(ids[i]) && n["alive"] == json!(true))
-                    })
-                })
-                .then_some(())
-        },
     )
     .await;
     let gql = client
@@ -392,17 +381,11 @@ async fn the_leader_powered_off_with_jobs_in_flight_loses_nothing() {
 
     // powered on again, the old leader rejoins as a follower: still one orchestrator
     agents[lead].restart();
-    wait_until_async(
+    wait_alive(
+        &client,
+        &[ids[lead].as_str()],
         "the old leader is back as a worker",
         Duration::from_secs(60),
-        || async {
-            let nodes = client.get("/api/v1/nodes").await.ok()?;
-            nodes
-                .as_array()?
-                .iter()
-                .any(|n| n["id"] == json!(ids[lead]) && n["alive"] == json!(true))
-                .then_some(())
-        },
     )
     .await;
     let all_hosts: Vec<usize> = (0..3).collect();
@@ -480,17 +463,11 @@ async fn a_leader_cut_off_with_a_minority_stops_and_the_majority_carries_on() {
     for id in [&before, &during] {
         assert_eq!(job(&client, id).await["state"], "SUCCEEDED");
     }
-    wait_until_async(
+    wait_alive(
+        &client,
+        &[ids[lead].as_str()],
         "the healed node is a worker again",
         Duration::from_secs(60),
-        || async {
-            let nodes = client.get("/api/v1/nodes").await.ok()?;
-            nodes
-                .as_array()?
-                .iter()
-                .any(|n| n["id"] == json!(ids[lead]) && n["alive"] == json!(true))
-                .then_some(())
-        },
     )
     .await;
     let log = agents[lead].log();

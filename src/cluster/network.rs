@@ -90,36 +90,25 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let result = self.try_call(op, req, option).await;
+        let result = async {
+            let bytes = self
+                .net
+                .post(&self.node, op, req, option.hard_ttl())
+                .await
+                .map_err(|e| match e {
+                    PostError::Unreachable(why) => RPCError::Unreachable(Unreachable::new(&why)),
+                    PostError::Network(why) => RPCError::Network(NetworkError::new(&why)),
+                })?;
+            let answer: Result<Resp, E> = serde_json::from_slice(&bytes)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        }
+        .await;
         match &result {
             Ok(_) | Err(RPCError::RemoteError(_)) => self.reached(true, String::new),
             Err(e) => self.reached(false, || e.to_string()),
         }
         result
-    }
-
-    async fn try_call<Req, Resp, E>(
-        &self,
-        op: &str,
-        req: &Req,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<Nid, Member, E>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let bytes = self
-            .net
-            .post(&self.node, op, req, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
-                PostError::Unreachable(why) => RPCError::Unreachable(Unreachable::new(&why)),
-                PostError::Network(why) => RPCError::Network(NetworkError::new(&why)),
-            })?;
-        let result: Result<Resp, E> =
-            serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 

@@ -487,6 +487,22 @@ pub async fn wait_for_raft_leader(agents: &[Agent], alive: &[usize], within: Dur
     .await
 }
 
+/// Waits until the cluster `client` talks to counts every node of `ids` alive.
+pub async fn wait_alive(client: &Client, ids: &[&str], what: &str, within: Duration) {
+    wait_until_async(what, within, || async {
+        let nodes = client.get("/api/v1/nodes").await.ok()?;
+        let nodes = nodes.as_array()?;
+        ids.iter()
+            .all(|id| {
+                nodes
+                    .iter()
+                    .any(|n| n["id"] == json!(id) && n["alive"] == json!(true))
+            })
+            .then_some(())
+    })
+    .await
+}
+
 /// Waits until `leader` counts `n` voters.
 pub async fn wait_for_voters(leader: &Agent, n: usize) {
     let client = Client::new(&leader.url(), None);
