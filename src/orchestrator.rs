@@ -588,15 +588,72 @@ impl Orchestrator {
         };
         let now = crate::now_ms();
         let mut skipped_not_due = Vec::new();
-        let mut in_flight = Vec::new();
+        let mut exhausted = false;
+        while !exhausted {
+            // 1. assign a batch in the store
+            let mut batch = Vec::new();
+            while batch.len() < DISPATCH_BATCH {
+                let Some((job, node, assignment)) = self.assign_next(now, &mut skipped_not_due)?
+                else {
+                    exhausted = true;
+                    break;
+                };
+                batch.push((job, node, assignment));
+            }
+            if batch.is_empty() {
+                break;
+            }
+            // 2. commit the assignments before any worker hears of them: a new leader then
+            // knows every attempt that may be running (one that never got out is found by
+            // the heartbeats and placed again without counting)
+            self.store.flush().await?;
+            // 3. dispatch
+            let mut in_flight = Vec::new();
+            let mut undelivered = false;
+            for (job, node, assignment) in batch {
+                if undelivered {
+                    self.requeue(job.id, job.attempt, "dispatch failed", Requeue::Undelivered)?;
+                    continue;
+                }
+                match broker
+                    .send(&WorkRequest::RunJob(assignment), Some(&node))
+                    .await
+                {
+                    Ok(pending) => in_flight.push((job, node, pending)),
+                    Err(error) => {
+                        tracing::warn!(%error, job = %job.id, %node, "dispatch failed; job stays queued");
+                        self.requeue(job.id, job.attempt, "dispatch failed", Requeue::Undelivered)?;
+                        undelivered = true;
+                    }
+                }
+            }
+            self.confirm_dispatches(in_flight).await?;
+            if undelivered {
+                break;
+            }
+        }
+        if !skipped_not_due.is_empty() {
+            lock(&self.sched).queued.extend(skipped_not_due);
+        }
+        Ok(())
+    }
+
+    /// Takes the next queued job that is due and a node for it, and marks it `ASSIGNED` in
+    /// the store (not yet flushed); `None` when no job or no node is left.
+    #[allow(clippy::type_complexity)]
+    fn assign_next(
+        &self,
+        now: i64,
+        skipped_not_due: &mut Vec<(Reverse<i32>, Uuid)>,
+    ) -> Result<Option<(JobRecord, String, JobAssignment)>, OrchestratorError> {
         loop {
             let (key, node) = {
                 let mut s = lock(&self.sched);
                 let Some(node) = self.pick_node(&s) else {
-                    break;
+                    return Ok(None);
                 };
                 let Some(key) = s.queued.pop_first() else {
-                    break;
+                    return Ok(None);
                 };
                 s.active.insert(key.1, node.clone());
                 (key, node)
@@ -630,40 +687,19 @@ impl Orchestrator {
                 });
                 true
             })?;
-            let Some(job) = updated else {
-                let mut s = lock(&self.sched);
-                s.active.remove(&key.1);
-                if let Some(j) = self.store.job(key.1)? {
-                    if j.state == JobState::Queued {
-                        skipped_not_due.push(key);
+            match (updated, assignment) {
+                (Some(job), Some(assignment)) => return Ok(Some((job, node, assignment))),
+                _ => {
+                    let mut s = lock(&self.sched);
+                    s.active.remove(&key.1);
+                    if let Some(j) = self.store.job(key.1)? {
+                        if j.state == JobState::Queued {
+                            skipped_not_due.push(key);
+                        }
                     }
                 }
-                continue;
-            };
-            let Some(assignment) = assignment else {
-                continue;
-            };
-            match broker
-                .send(&WorkRequest::RunJob(assignment), Some(&node))
-                .await
-            {
-                Ok(pending) => in_flight.push((job, node, pending)),
-                Err(error) => {
-                    tracing::warn!(%error, job = %job.id, %node, "dispatch failed; job stays queued");
-                    self.requeue(job.id, job.attempt, "dispatch failed", Requeue::Undelivered)?;
-                    break;
-                }
-            }
-            if in_flight.len() >= DISPATCH_BATCH {
-                self.confirm_dispatches(std::mem::take(&mut in_flight))
-                    .await?;
             }
         }
-        self.confirm_dispatches(in_flight).await?;
-        if !skipped_not_due.is_empty() {
-            lock(&self.sched).queued.extend(skipped_not_due);
-        }
-        Ok(())
     }
 
     /// Waits for the broker to confirm dispatched work requests; a refused one puts its job
