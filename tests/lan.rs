@@ -6,6 +6,7 @@ mod common;
 
 use common::lan::Lan;
 use common::*;
+use kraken::client::Client;
 use serde_json::json;
 use std::time::Duration;
 
@@ -514,5 +515,143 @@ async fn a_device_that_founded_alone_while_unplugged_joins_the_lans_cluster() {
     assert_eq!(
         wait_final(&client, &[id], Duration::from_secs(60)).await[0]["state"],
         "SUCCEEDED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_voter_is_replaced_and_the_cluster_still_survives_its_leader() {
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let lan = Lan::new(4);
+    let grace = [("KRAKEN_CLUSTER_VOTER_GRACE_MS", "4000")];
+    let mut agents: Vec<Agent> = (0..4).map(|i| Agent::on_lan(&lan, i, 1, &grace)).collect();
+    let lead = wait_for_leader(&agents);
+    agents[lead].wait_ready(4).await;
+    wait_for_voters(&agents[lead], 3).await;
+    let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
+    let public = Client::new(&agents[lead].url(), None);
+    let voters = |view: &serde_json::Value| -> Vec<String> {
+        view["voters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let before = voters(&public.get("/api/v1/leader").await.unwrap());
+    let spare = (0..4).find(|&i| !before.contains(&ids[i])).unwrap();
+    let dead = (0..4)
+        .find(|&i| i != lead && before.contains(&ids[i]))
+        .unwrap();
+
+    // a voter dies for good: after the grace the spare node votes in its place
+    lan.power_off(dead, &ids[dead]);
+    agents[dead].kill9();
+    wait_until_async(
+        "the spare replaces the dead voter",
+        Duration::from_secs(60),
+        || async {
+            let now = voters(&public.get("/api/v1/leader").await.ok()?);
+            (now.len() == 3 && now.contains(&ids[spare]) && !now.contains(&ids[dead])).then_some(())
+        },
+    )
+    .await;
+    assert!(agents[lead].log().contains("replacing a silent voter"));
+
+    // so the cluster still survives its leader's death
+    lan.power_off(lead, &ids[lead]);
+    agents[lead].kill9();
+    let left: Vec<usize> = (0..4).filter(|&i| i != lead && i != dead).collect();
+    let new_lead = wait_for_raft_leader(&agents, &left, Duration::from_secs(30)).await;
+    let client = agents[new_lead].client();
+    let id = enqueue(&client, "echo", json!({"message": "still"}), "").await;
+    assert_eq!(
+        wait_final(&client, &[id], Duration::from_secs(60)).await[0]["state"],
+        "SUCCEEDED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_cluster_on_the_lan_is_ignored_and_a_pending_device_is_approved() {
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let closed = [("KRAKEN_ORCHESTRATOR_ENROLLMENT_SECS", "0")];
+    // cluster B: host2, founded while unplugged, then rebooted (no longer a new cluster)
+    lan.cut(2);
+    let mut b = Agent::on_lan(&lan, 2, 1, &closed);
+    wait_until("B founded", Duration::from_secs(30), || {
+        b.leads().then_some(())
+    });
+    b.restart();
+    // cluster A: host0, with work done (not an empty new cluster either)
+    let mut agents = vec![Agent::on_lan(&lan, 0, 1, &closed)];
+    agents[0].wait_ready(1).await;
+    let client = agents[0].client();
+    let job_id = enqueue(&client, "echo", json!({"message": "A"}), "").await;
+    wait_final(&client, &[job_id], Duration::from_secs(60)).await;
+    let a_cluster = client.get("/api/v1/cluster").await.unwrap()["id"].clone();
+    lan.heal(2);
+    b.wait_ready(1).await;
+    let b_client = b.client();
+    let b_cluster = b_client.get("/api/v1/cluster").await.unwrap()["id"].clone();
+    assert_ne!(a_cluster, b_cluster);
+
+    // a new device sees two clusters, both closed: it waits at both; A's operator approves
+    agents.push(Agent::on_lan(&lan, 1, 1, &[]));
+    let id = agents[1].node_id();
+    for c in [&client, &b_client] {
+        wait_until_async("the device is pending", Duration::from_secs(60), || async {
+            let e = c.get("/api/v1/enrollment").await.ok()?;
+            e["pending"]
+                .as_array()?
+                .iter()
+                .any(|p| p["node_id"] == json!(id))
+                .then_some(())
+        })
+        .await;
+    }
+    client
+        .post(&format!("/api/v1/nodes/{id}/approve"), &json!({}))
+        .await
+        .unwrap();
+    wait_alive(
+        &client,
+        &[id.as_str()],
+        "the device works in A",
+        Duration::from_secs(60),
+    )
+    .await;
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(agents[1].data_dir().join("membership.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["cluster"], a_cluster);
+
+    // after a reboot it comes back to A, and says it ignores B
+    agents[1].restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_alive(
+        &client,
+        &[id.as_str()],
+        "the device is back in A",
+        Duration::from_secs(60),
+    )
+    .await;
+    let nodes = b_client.get("/api/v1/nodes").await.unwrap();
+    assert!(
+        !nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == json!(id)),
+        "never in B: {nodes}"
+    );
+    let log = agents[1].log();
+    assert!(
+        log.contains("ignoring the orchestrator of another cluster"),
+        "{log}"
     );
 }

@@ -179,6 +179,22 @@ fn is_operator(req: &Request<'_>, state: &ApiState) -> bool {
     }
 }
 
+/// Why a guarded request is refused: on a node that does not orchestrate now, that (503,
+/// naming the leader), since it cannot check the token; else the missing token (401).
+fn refuse<T>(
+    req: &Request<'_>,
+    state: Option<&ApiState>,
+    missing: &'static str,
+) -> Outcome<T, ApiError> {
+    if let Some(s) = state.filter(|s| s.operator_token().is_none()) {
+        let why = s.not_leading();
+        req.local_cache(|| why.clone());
+        return Outcome::Error((Status::ServiceUnavailable, ApiError::NotOrchestrator(why)));
+    }
+    req.local_cache(|| format!("{missing} (Authorization: Bearer …)"));
+    Outcome::Error((Status::Unauthorized, ApiError::Unauthorized(missing)))
+}
+
 /// Any caller, with whether it holds the operator token.
 pub struct Caller(Auth);
 
@@ -203,13 +219,7 @@ impl<'r> FromRequest<'r> for Reader {
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ApiError> {
         match req.rocket().state::<ApiState>() {
             Some(s) if s.public_reads || is_operator(req, s) => Outcome::Success(Reader),
-            _ => {
-                req.local_cache(|| "reads need the operator token (Authorization: Bearer …)");
-                Outcome::Error((
-                    Status::Unauthorized,
-                    ApiError::Unauthorized("reads need the operator token"),
-                ))
-            }
+            state => refuse(req, state, "reads need the operator token"),
         }
     }
 }
@@ -223,13 +233,7 @@ impl<'r> FromRequest<'r> for Operator {
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ApiError> {
         match req.rocket().state::<ApiState>() {
             Some(s) if is_operator(req, s) => Outcome::Success(Operator),
-            _ => {
-                req.local_cache(|| "this needs the operator token (Authorization: Bearer …)");
-                Outcome::Error((
-                    Status::Unauthorized,
-                    ApiError::Unauthorized("this needs the operator token"),
-                ))
-            }
+            state => refuse(req, state, "this needs the operator token"),
         }
     }
 }
@@ -729,11 +733,11 @@ fn graphql_ws(
 
 #[catch(default)]
 fn default_catcher(status: Status, req: &Request<'_>) -> (Status, (ContentType, String)) {
-    let cached: &&str = req.local_cache(|| "");
+    let cached: &String = req.local_cache(String::new);
     let message = if cached.is_empty() {
         status.reason().unwrap_or("error").to_lowercase()
     } else {
-        cached.to_string()
+        cached.clone()
     };
     (
         status,
