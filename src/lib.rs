@@ -34,6 +34,7 @@ pub mod broker;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod deploy;
 pub mod discovery;
 pub mod enrollment;
 pub mod identity;

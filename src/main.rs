@@ -94,6 +94,21 @@ enum Command {
         #[command(subcommand)]
         command: NetkanCommand,
     },
+    /// Apps deployed on the cluster.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// Check an app's manifest (kraken.toml at the repository's root) and print what it says.
+    Check {
+        /// The app's checkout.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -444,6 +459,25 @@ leader {leader} (term {}), voters {}; {}",
             }
         }
         Command::Job { command } => return job_command(command).await,
+        Command::App {
+            command: AppCommand::Check { dir },
+        } => match kraken::deploy::manifest::Manifest::read(&dir) {
+            Ok(m) => print(&json!({
+                "name": m.name,
+                "version": m.version,
+                "author": m.author,
+                "endpoint": m.endpoint,
+                "port": m.port,
+                "lang": m.lang.as_str(),
+                "dockerfile": m.lang.dockerfile().unwrap_or_else(|| "Dockerfile (the app's own)".into()),
+                "test": m.test,
+                "run": m.run,
+            })),
+            Err(error) => {
+                eprintln!("{}: {error}", dir.display());
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        },
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

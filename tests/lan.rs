@@ -360,6 +360,20 @@ async fn the_leader_powered_off_with_jobs_in_flight_loses_nothing() {
         Duration::from_secs(30),
     )
     .await;
+    // a follower asked by the operator says where the orchestrator is
+    let follower = survivors.iter().copied().find(|&i| i != new_lead).unwrap();
+    let err = Client::new(
+        &agents[follower].url(),
+        Some(agents[new_lead].operator_token()),
+    )
+    .get("/api/v1/nodes")
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("503") && err.contains(&agents[new_lead].url()),
+        "{err}"
+    );
     let gql = client
         .graphql("{ cluster { leader term voters } }", json!({}))
         .await
