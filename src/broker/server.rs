@@ -295,6 +295,9 @@ impl RabbitServer {
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
+            // its own process group: the Erlang VM runs under a wrapper (and `su`), and a
+            // stop that has to kill must reach the VM too
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| BrokerError::Server(format!("cannot run {}: {e}", self.spec.server_bin)))
@@ -305,6 +308,13 @@ impl RabbitServer {
         let graceful = tokio::time::timeout(Duration::from_secs(20), self.ctl(&["stop"])).await;
         if !matches!(graceful, Ok(Ok(_))) {
             tracing::warn!("graceful broker stop failed; killing it");
+            if let Some(pid) = child.id() {
+                // the whole group: the wrapper, `su` and the Erlang VM under them
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status()
+                    .await;
+            }
             let _ = child.kill().await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;

@@ -353,9 +353,47 @@ impl Agent {
     }
 }
 
+/// Kills every process whose environment says it is a RabbitMQ with its files under `dir`
+/// (a broker left booting by an agent that was killed, where `rabbitmqctl stop` cannot reach).
+fn kill_brokers_under(dir: &Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let needle = format!("RABBITMQ_MNESIA_BASE={}", dir.display());
+    for p in procs.flatten() {
+        let Ok(env) = std::fs::read(p.path().join("environ")) else {
+            continue;
+        };
+        let ours = env
+            .split(|b| *b == 0)
+            .any(|kv| kv.starts_with(needle.as_bytes()));
+        if ours {
+            let _ = Command::new("kill")
+                .args(["-9", &p.file_name().to_string_lossy()])
+                .status();
+        }
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
+        // the job containers it left (a killed agent does not remove them)
+        if let Ok(id) = std::fs::read_to_string(self.data_dir().join("node-id")) {
+            let label = format!("label=kraken.node={}", id.trim());
+            if let Ok(out) = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &label])
+                .output()
+            {
+                for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("docker")
+                        .args(["rm", "-f", c])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
         if self.amqp_port != 0 {
             // a broker orphaned by a kill -9 of its agent
             let node = format!("kraken-{}@localhost", self.amqp_port);
@@ -373,6 +411,7 @@ impl Drop for Agent {
                 .stderr(Stdio::null())
                 .status();
         }
+        kill_brokers_under(&self.data_dir().join("rabbitmq"));
         if std::thread::panicking() {
             eprintln!("---- log of {} ----\n{}", self.name, tail(&self.log(), 80));
         }
