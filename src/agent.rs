@@ -162,7 +162,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         }
         // yielded: this node's own cluster (it alone, with nothing in it) is dropped
         for file in [
-            dir.0.join("cluster-id"),
+            dir.cluster_id_file(),
             dir.join_token_file(),
             dir.operator_token_file(),
         ] {
@@ -404,7 +404,6 @@ async fn enroll(
     }))
 }
 
-/// Founds a cluster (or runs the one this data dir founded): this node is its first voter.
 /// One life of the agent in one cluster: what stops it, and where its tasks run.
 struct Life<'a> {
     shutdown: &'a CancellationToken,
@@ -413,6 +412,7 @@ struct Life<'a> {
     abandon: CancellationToken,
 }
 
+/// Founds a cluster (or runs the one this data dir founded): this node is its first voter.
 async fn found(
     config: &Config,
     dir: &DataDir,
@@ -423,9 +423,7 @@ async fn found(
 ) -> Result<(), AgentError> {
     let newborn = !dir.join_token_file().exists();
     let secrets = ClusterSecrets {
-        cluster_id: identity::load_or_create(&dir.0.join("cluster-id"), || {
-            identity::random_hex(4)
-        })?,
+        cluster_id: identity::load_or_create(&dir.cluster_id_file(), || identity::random_hex(4))?,
         join_token: identity::load_or_create(&dir.join_token_file(), identity::random_secret)?,
         operator_token: identity::load_or_create(
             &dir.operator_token_file(),

@@ -111,6 +111,9 @@ impl DataDir {
     pub fn node_id_file(&self) -> PathBuf {
         self.0.join("node-id")
     }
+    pub fn cluster_id_file(&self) -> PathBuf {
+        self.0.join("cluster-id")
+    }
     pub fn join_token_file(&self) -> PathBuf {
         self.0.join("cluster-token")
     }

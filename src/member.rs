@@ -24,7 +24,6 @@ use crate::orchestrator::{ClusterSecrets, JoinRequest, JoinResponse, Orchestrato
 use crate::runtime::Runtime;
 use crate::store::{NodeRecord, Store};
 use crate::worker::{Worker, WorkerSettings};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,16 +31,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Where the cluster's identity and secrets live in the replicated store.
+/// Where the cluster's identity and secrets live in the replicated store (any voter may
+/// lead next).
 const SECRETS_KEY: &str = "cluster-secrets";
-
-/// The cluster's secrets as replicated to the voters (any of them may lead).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct KeptSecrets {
-    cluster_id: String,
-    join_token: String,
-    operator_token: String,
-}
 
 /// What a member starts from.
 pub struct MemberSpec {
@@ -266,14 +258,12 @@ impl Member {
         store.flush().await?;
         tracing::info!(term, cluster = %secrets.cluster_id, "orchestrating (join token: `kraken token`)");
 
-        let nodes: Vec<String> = store.nodes()?.into_iter().map(|n| n.id).collect();
-        let (rabbit, ready) = self.broker(&secrets, nodes.clone()).await?;
+        let nodes = store.nodes()?.into_iter().map(|n| n.id);
+        let users = BrokerUser::for_cluster(&secrets.join_token, nodes);
+        let (rabbit, ready) = self.broker(&secrets.cluster_id, users.clone()).await?;
         if let Some(r) = &rabbit {
             // a standby broker may lack the newest nodes' users
-            let (r, users) = (
-                r.clone(),
-                BrokerUser::for_cluster(&secrets.join_token, nodes),
-            );
+            let r = r.clone();
             tasks.spawn(async move {
                 if let Err(error) = r.set_users(users).await {
                     tracing::warn!(%error, "cannot update the broker's users");
@@ -359,40 +349,29 @@ impl Member {
     /// founder wrote). A new orchestrator also writes them to its data dir, for `kraken token`.
     fn secrets(&self) -> Result<ClusterSecrets, AgentError> {
         if let Some(s) = &self.spec.founder {
-            let kept = KeptSecrets {
-                cluster_id: s.cluster_id.clone(),
-                join_token: s.join_token.clone(),
-                operator_token: s.operator_token.clone(),
-            };
-            self.store.put_setting(SECRETS_KEY, &kept)?;
+            self.store.put_setting(SECRETS_KEY, s)?;
             return Ok(s.clone());
         }
-        let kept: KeptSecrets = self.store.setting(SECRETS_KEY)?.ok_or_else(|| {
+        let kept: ClusterSecrets = self.store.setting(SECRETS_KEY)?.ok_or_else(|| {
             AgentError::TakeOver("the replicated store holds no cluster secrets".into())
         })?;
         identity::write_secret(&self.dir.join_token_file(), &kept.join_token)?;
         identity::write_secret(&self.dir.operator_token_file(), &kept.operator_token)?;
-        Ok(ClusterSecrets {
-            cluster_id: kept.cluster_id,
-            join_token: kept.join_token,
-            operator_token: kept.operator_token,
-        })
+        Ok(kept)
     }
 
-    /// Starts this node's RabbitMQ for the cluster (unless an external broker is set).
-    /// This node's broker, started if it is not running (`None`: the external `broker.url`),
-    /// with users for the node ids `nodes`.
+    /// This node's broker for the cluster `cluster_id`, started with `users` if it is not
+    /// running (`None`: the external `broker.url`).
     async fn broker(
         &self,
-        secrets: &ClusterSecrets,
-        nodes: Vec<String>,
+        cluster_id: &str,
+        users: Vec<BrokerUser>,
     ) -> Result<(Option<Arc<RabbitServer>>, watch::Receiver<bool>), AgentError> {
         let config = &self.config;
         if !config.broker.url.is_empty() {
             tracing::info!("using the external broker from broker.url");
             return Ok((None, watch::channel(true).1));
         }
-        let users = BrokerUser::for_cluster(&secrets.join_token, nodes);
         let mut slot = self.broker.lock().await;
         if let Some(b) = &*slot {
             return Ok((Some(b.server.clone()), b.ready.clone()));
@@ -402,7 +381,7 @@ impl Member {
             amqp_port: config.broker.amqp_port,
             dist_port: config.dist_port(),
             dir: self.dir.broker_dir(),
-            vhost: format!("kraken-{}", secrets.cluster_id),
+            vhost: format!("kraken-{cluster_id}"),
             server_bin: config.broker.server_bin.clone(),
             ctl_bin: config.broker.ctl_bin.clone(),
         };
@@ -447,25 +426,21 @@ impl Member {
                 }
                 continue;
             }
-            let Ok(Some(kept)) = self.store.replica_setting::<KeptSecrets>(SECRETS_KEY) else {
+            let Ok(Some(secrets)) = self.store.replica_setting::<ClusterSecrets>(SECRETS_KEY)
+            else {
                 continue;
             };
             let Ok(nodes) = self.store.replica_node_ids() else {
                 continue;
             };
-            let secrets = ClusterSecrets {
-                cluster_id: kept.cluster_id,
-                join_token: kept.join_token,
-                operator_token: kept.operator_token,
-            };
+            let users = BrokerUser::for_cluster(&secrets.join_token, nodes);
             let was_running = self.broker.lock().await.is_some();
-            match self.broker(&secrets, nodes.clone()).await {
+            match self.broker(&secrets.cluster_id, users.clone()).await {
                 Ok((Some(server), _)) => {
                     if !was_running {
                         tracing::info!("a voter: keeping a standby broker ready for a take-over");
                     }
                     // new nodes get their users before this node may need them
-                    let users = BrokerUser::for_cluster(&secrets.join_token, nodes);
                     let token = shutdown.clone();
                     tokio::select! {
                         _ = token.cancelled() => return,

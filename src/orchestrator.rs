@@ -101,8 +101,9 @@ pub struct JoinResponse {
     pub accept_proof: String,
 }
 
-/// The cluster's identity and secrets, as the orchestrator holds them.
-#[derive(Debug, Clone)]
+/// The cluster's identity and secrets, as the orchestrator holds them (and the replicated
+/// store keeps them, for whichever voter leads next).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterSecrets {
     pub cluster_id: String,
     pub join_token: String,
@@ -330,7 +331,6 @@ impl Orchestrator {
             .is_some_and(|l| l.heard && l.last_seen.elapsed() < grace)
     }
 
-    /// Jobs assigned to or running on each node.
     /// How long a node has not been heard from (`None`: heard within the grace period).
     /// Nodes never heard by this orchestrator count from its start.
     pub fn silent_for(&self, node: &str) -> Option<Duration> {
@@ -357,6 +357,7 @@ impl Orchestrator {
             .collect())
     }
 
+    /// Jobs assigned to or running on each node.
     pub fn active_per_node(&self) -> HashMap<String, u32> {
         let mut out = HashMap::new();
         for node in lock(&self.sched).active.values() {

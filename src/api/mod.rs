@@ -73,12 +73,8 @@ impl From<OrchestratorError> for ApiError {
                 Self::NotFound(e.to_string())
             }
             OrchestratorError::Enrollment(_) => Self::BadRequest(e.to_string()),
-            OrchestratorError::Store(crate::store::StoreError::NoQuorum(_)) => {
-                Self::NotOrchestrator(e.to_string())
-            }
-            OrchestratorError::Store(_) | OrchestratorError::Broker(_) => {
-                Self::Internal(e.to_string())
-            }
+            OrchestratorError::Store(e) => e.into(),
+            OrchestratorError::Broker(_) => Self::Internal(e.to_string()),
         }
     }
 }

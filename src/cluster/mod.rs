@@ -85,6 +85,23 @@ pub fn raft_id(node: &str) -> u64 {
     u64::from_be_bytes(id)
 }
 
+/// The node id of a member (a raft id without a node, which never happens here, shows as
+/// the number).
+fn node_of(membership: &openraft::Membership<u64, Member>, id: &u64) -> String {
+    membership
+        .get_node(id)
+        .map_or_else(|| id.to_string(), |n| n.node.clone())
+}
+
+/// The node ids of the voters.
+fn voter_nodes(m: &openraft::RaftMetrics<u64, Member>) -> Vec<String> {
+    let membership = m.membership_config.membership();
+    membership
+        .voter_ids()
+        .map(|id| node_of(membership, &id))
+        .collect()
+}
+
 /// The cluster as this node's Raft sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterView {
@@ -283,7 +300,6 @@ impl Cluster {
             let half = self.settings.election_ms / 2;
             Duration::from_millis(rand::rng().random_range(0..=half))
         };
-        let me = raft_id(&self.self_id);
         let mut not_before = Instant::now() + jitter();
         let mut tick = tokio::time::interval(election / 4);
         loop {
@@ -292,19 +308,9 @@ impl Cluster {
                 _ = tick.tick() => {}
             }
             let m = self.raft.metrics().borrow().clone();
-            let voters: Vec<String> = {
-                let membership = m.membership_config.membership();
-                membership
-                    .voter_ids()
-                    .filter(|id| *id != me)
-                    .filter_map(|id| membership.get_node(&id).map(|n| n.node.clone()))
-                    .collect()
-            };
-            let is_voter = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|id| id == me);
+            let mut voters = voter_nodes(&m);
+            let is_voter = voters.contains(&self.self_id);
+            voters.retain(|v| *v != self.self_id);
             if m.state == ServerState::Leader || !is_voter {
                 continue;
             }
@@ -393,12 +399,8 @@ impl Cluster {
     pub fn view(&self) -> ClusterView {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let name = |id: &u64| {
-            membership
-                .get_node(id)
-                .map_or_else(|| id.to_string(), |n| n.node.clone())
-        };
-        let voters: Vec<String> = membership.voter_ids().map(|id| name(&id)).collect();
+        let name = |id: &u64| node_of(membership, id);
+        let voters = voter_nodes(&m);
         let learners = membership.learner_ids().map(|id| name(&id)).collect();
         ClusterView {
             leader: m.current_leader.as_ref().map(name),
@@ -431,11 +433,7 @@ impl Cluster {
         candidates: &[String],
     ) -> Result<(), ClusterError> {
         let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<String> = membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| n.node.clone()))
-            .collect();
+        let voters: BTreeSet<String> = voter_nodes(&m).into_iter().collect();
         let grace = Duration::from_millis(self.settings.voter_grace_ms);
         let mut free: Vec<&String> = candidates.iter().filter(|c| !voters.contains(*c)).collect();
         free.reverse();

@@ -80,6 +80,15 @@ struct Recording {
     pending: Vec<Op>,
 }
 
+impl Recording {
+    /// Keeps `ops` for the next flush, if this node leads.
+    fn record(&mut self, ops: impl IntoIterator<Item = Op>) {
+        if self.to.is_some() {
+            self.pending.extend(ops);
+        }
+    }
+}
+
 /// The life of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, async_graphql::Enum)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -266,6 +275,16 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, S
     })
 }
 
+/// One record of `tree` by its text key.
+fn get<T: for<'de> Deserialize<'de>>(
+    tree: &sled::Tree,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    tree.get(key.as_bytes())?
+        .map(|v| decode(key.as_bytes(), &v))
+        .transpose()
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`. A previous process of this agent may still be
     /// letting go of the files; its lock is waited for a few seconds.
@@ -328,13 +347,11 @@ impl Store {
     fn put(&self, tree: TreeName, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
         let mut rec = self.recording();
         self.working(tree).insert(key, value.clone())?;
-        if rec.to.is_some() {
-            rec.pending.push(Op {
-                tree,
-                key: key.to_vec(),
-                value: Some(value),
-            });
-        }
+        rec.record([Op {
+            tree,
+            key: key.to_vec(),
+            value: Some(value),
+        }]);
         Ok(())
     }
 
@@ -392,10 +409,7 @@ impl Store {
     /// Records every working record for the next flush (seeds a new cluster's replicas).
     pub fn record_working(&self) -> Result<(), StoreError> {
         let ops = self.working_ops()?;
-        let mut rec = self.recording();
-        if rec.to.is_some() {
-            rec.pending.extend(ops);
-        }
+        self.recording().record(ops);
         Ok(())
     }
 
@@ -415,10 +429,7 @@ impl Store {
 
     /// A node record as the replicated state has it (what a follower knows).
     pub fn replica_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
-        self.replica(TreeName::Nodes)
-            .get(id.as_bytes())?
-            .map(|v| decode(id.as_bytes(), &v))
-            .transpose()
+        get(self.replica(TreeName::Nodes), id)
     }
 
     /// The node ids the replicated state knows.
@@ -435,10 +446,7 @@ impl Store {
         &self,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        self.replica(TreeName::Settings)
-            .get(key.as_bytes())?
-            .map(|v| decode(key.as_bytes(), &v))
-            .transpose()
+        get(self.replica(TreeName::Settings), key)
     }
 
     /// Makes every write so far durable.
@@ -506,13 +514,11 @@ impl Store {
                 .compare_and_swap(id.as_bytes(), Some(old), Some(new.clone()))?
                 .is_ok()
             {
-                if rec.to.is_some() {
-                    rec.pending.push(Op {
-                        tree: TreeName::Jobs,
-                        key: id.as_bytes().to_vec(),
-                        value: Some(new),
-                    });
-                }
+                rec.record([Op {
+                    tree: TreeName::Jobs,
+                    key: id.as_bytes().to_vec(),
+                    value: Some(new),
+                }]);
                 return Ok(Some(job));
             }
         }
@@ -535,10 +541,7 @@ impl Store {
         &self,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        self.settings
-            .get(key.as_bytes())?
-            .map(|v| decode(key.as_bytes(), &v))
-            .transpose()
+        get(&self.settings, key)
     }
 
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
@@ -546,10 +549,7 @@ impl Store {
     }
 
     pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
-        self.nodes
-            .get(id.as_bytes())?
-            .map(|v| decode(id.as_bytes(), &v))
-            .transpose()
+        get(&self.nodes, id)
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
@@ -590,9 +590,7 @@ impl Store {
         }
         let mut rec = self.recording();
         self.logs.apply_batch(batch_of(&ops))?;
-        if rec.to.is_some() {
-            rec.pending.extend(ops);
-        }
+        rec.record(ops);
         Ok(())
     }
 
