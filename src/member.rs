@@ -94,16 +94,20 @@ pub async fn run(
     tasks: &TaskTracker,
 ) -> Result<(), AgentError> {
     let resolve = resolver(discovery.clone(), store.clone());
+    // Raft outlives the orchestrator: a leader that stops commits its last writes first.
+    let raft_stop = CancellationToken::new();
     let cluster = Cluster::start(
         &config.cluster,
         store.clone(),
         node_id,
         &spec.join_token,
         resolve,
-        shutdown.child_token(),
+        raft_stop.clone(),
         tasks,
     )
     .await?;
+    // cancels Raft when dropped: on an early return here, else once the leader's part ends
+    let raft_guard = raft_stop.drop_guard();
     if spec.founder.is_some() {
         cluster.found().await?;
     }
@@ -141,7 +145,10 @@ pub async fn run(
     worker.start(access_rx, shutdown.child_token(), tasks);
     let m = member.clone();
     let token = shutdown.child_token();
-    tasks.spawn(async move { m.lead_when_elected(token).await });
+    tasks.spawn(async move {
+        m.lead_when_elected(token).await;
+        drop(raft_guard);
+    });
     let m = member.clone();
     let token = shutdown.child_token();
     tasks.spawn(async move { m.follow_orchestrator(token).await });
@@ -332,6 +339,16 @@ impl Member {
             .is_err()
         {
             tracing::warn!("the orchestrator's tasks did not stop within 30 s");
+        }
+        // Writes nobody flushed yet (log lines, heartbeats of the last half second) are
+        // committed while this node may still lead: a clean stop loses none of them. A
+        // leader that lost its majority cannot commit; it gives up after a moment.
+        if was && self.store.has_pending() {
+            match tokio::time::timeout(Duration::from_secs(3), self.store.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "cannot commit the last records"),
+                Err(_) => tracing::warn!("the last records were not committed within 3 s"),
+            }
         }
         self.store.stop_recording();
         let standby =
