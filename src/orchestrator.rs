@@ -1,10 +1,11 @@
 //! The orchestrator: accepts jobs (stored before they are acknowledged), places each on the
 //! least-loaded live worker with a free slot, applies the workers' events to the store
 //! exactly once per attempt, retries with backoff, and re-places the jobs of a worker whose
-//! heartbeats stopped for longer than the grace period. It also admits joining nodes.
+//! heartbeats stopped for longer than the grace period. It also admits joining nodes, and
+//! places app deployments ([`deployments`]).
 
 use crate::broker::messages::{
-    Heartbeat, JobAssignment, JobChange, JobEvent, JobOutcome, LogBatch, WorkRequest,
+    DeployEvent, Heartbeat, JobAssignment, JobChange, JobEvent, JobOutcome, LogBatch, WorkRequest,
 };
 use crate::broker::server::{BrokerUser, RabbitServer, ADMIN_USER};
 use crate::broker::{Broker, BrokerError};
@@ -26,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+mod deployments;
+pub use deployments::{DeploymentRequest, DEFAULT_APP_MEMORY_MB};
+
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
     #[error(transparent)]
@@ -36,6 +40,8 @@ pub enum OrchestratorError {
     Broker(#[from] BrokerError),
     #[error("no job {0}")]
     NoSuchJob(Uuid),
+    #[error("no deployment {0}")]
+    NoSuchDeployment(Uuid),
     #[error("{0}")]
     Invalid(String),
     #[error("join refused: {0}")]
@@ -150,6 +156,7 @@ pub struct Orchestrator {
     sched: Mutex<Sched>,
     wake: Notify,
     notices: broadcast::Sender<JobNotice>,
+    deploy_notices: broadcast::Sender<crate::store::DeploymentRecord>,
     nonces: Mutex<HashMap<String, Instant>>,
     /// Whether the work queues were emptied at this orchestrator's first connection.
     purged: std::sync::atomic::AtomicBool,
@@ -246,6 +253,7 @@ impl Orchestrator {
             sched: Mutex::new(sched),
             wake: Notify::new(),
             notices: broadcast::channel(4096).0,
+            deploy_notices: broadcast::channel(1024).0,
             nonces: Mutex::new(HashMap::new()),
             purged: Default::default(),
             counters: Counters::default(),
@@ -1148,10 +1156,16 @@ impl Orchestrator {
                     if let Err(error) = self.check_liveness() {
                         tracing::error!(%error, "liveness check failed");
                     }
+                    if let Err(error) = self.move_lost_apps() {
+                        tracing::error!(%error, "moving the apps of silent nodes failed");
+                    }
                 }
             }
             if let Err(error) = self.place_jobs().await {
                 tracing::error!(%error, "placement failed");
+            }
+            if let Err(error) = self.place_deployments().await {
+                tracing::error!(%error, "placing deployments failed");
             }
         }
     }
@@ -1215,6 +1229,7 @@ impl Orchestrator {
             let consumers = tokio::join!(
                 self.consume_events(&broker, &session),
                 self.consume_logs(&broker, &session),
+                self.consume_deploy_events(&broker, &session),
                 self.consume_heartbeats(&broker, &session),
                 async {
                     tokio::select! {
@@ -1268,6 +1283,38 @@ impl Orchestrator {
                     tracing::warn!(%error, "ack failed");
                 }
             }
+        }
+    }
+
+    async fn consume_deploy_events(&self, broker: &Broker, session: &CancellationToken) {
+        let prefetch = self.config.broker.prefetch;
+        let mut c = match broker.consume::<DeployEvent>("deployments", prefetch).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "cannot consume deployment events");
+                session.cancel();
+                return;
+            }
+        };
+        loop {
+            let d = tokio::select! {
+                _ = session.cancelled() => return,
+                d = c.next() => d,
+            };
+            let Some(d) = d else {
+                session.cancel();
+                return;
+            };
+            if let Err(error) = self.apply_deploy_event(d.msg.clone()) {
+                tracing::error!(%error, id = %d.msg.id, "cannot apply deployment event");
+            }
+            // acknowledged once durable, like job events
+            if let Err(error) = self.store.flush().await {
+                tracing::error!(%error, "cannot flush deployment events; they will be delivered again");
+                session.cancel();
+                return;
+            }
+            let _ = d.ack().await;
         }
     }
 

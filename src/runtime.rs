@@ -83,8 +83,13 @@ impl Runtime {
         }
     }
 
+    /// The image job and app images are built from.
+    pub fn base_image(&self) -> &str {
+        &self.base_image
+    }
+
     /// A connected client, reconnecting (and renegotiating the API version) when needed.
-    async fn docker(&self) -> Result<Docker, RuntimeError> {
+    pub(crate) async fn docker(&self) -> Result<Docker, RuntimeError> {
         let mut guard = self.docker.lock().await;
         if let Some(d) = guard.as_ref() {
             return Ok(d.clone());
@@ -487,7 +492,7 @@ async fn remove_old_job_images(d: &Docker, keep: &str) {
 }
 
 /// Reads files off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, RuntimeError> {
     tokio::task::spawn_blocking(f)
@@ -537,12 +542,12 @@ fn build_context(exe: &std::path::Path) -> std::io::Result<Vec<u8>> {
 
 /// Splits a byte stream into lines per stream, clipping oversized lines.
 #[derive(Default)]
-struct LineSplitter {
+pub(crate) struct LineSplitter {
     partial: HashMap<&'static str, Vec<u8>>,
 }
 
 impl LineSplitter {
-    fn push(&mut self, stream: &'static str, bytes: &[u8]) -> Vec<String> {
+    pub(crate) fn push(&mut self, stream: &'static str, bytes: &[u8]) -> Vec<String> {
         let buf = self.partial.entry(stream).or_default();
         buf.extend_from_slice(bytes);
         let mut out = Vec::new();
@@ -563,7 +568,7 @@ impl LineSplitter {
         out
     }
 
-    fn finish(&mut self) -> Vec<(&'static str, String)> {
+    pub(crate) fn finish(&mut self) -> Vec<(&'static str, String)> {
         self.partial
             .drain()
             .filter(|(_, b)| !b.is_empty())
@@ -573,7 +578,7 @@ impl LineSplitter {
 }
 
 /// Removes a container whether it runs or not; a container already gone is no error.
-async fn force_remove(d: &Docker, id: &str) {
+pub(crate) async fn force_remove(d: &Docker, id: &str) {
     let opts = RemoveContainerOptionsBuilder::new().force(true).build();
     let _ = d.remove_container(id, Some(opts)).await;
 }

@@ -1,14 +1,17 @@
 //! The worker: keeps an AMQP session to the orchestrator's broker, sends heartbeats with the
 //! node's resources, runs the job attempts it is given (in a container, or in-process for
-//! kinds that allow it) and reports their events and log lines.
+//! kinds that allow it) and the app deployments it is given (see [`crate::deploy::app`]), and
+//! reports their events and log lines.
 //!
 //! Events and log lines go through an outbox that survives broker outages: they are
 //! published, in order, once a session is back.
 
 use crate::broker::messages::{
-    Heartbeat, JobAssignment, JobChange, JobEvent, JobOutcome, LogBatch, WorkRequest,
+    DeployAssignment, DeployEvent, Heartbeat, JobAssignment, JobChange, JobEvent, JobOutcome,
+    LogBatch, WorkRequest,
 };
 use crate::broker::{work_queue, Broker};
+use crate::deploy::app;
 use crate::jobs::{self, JobContext};
 use crate::runtime::{clip_line, Runtime};
 use crate::store::{Isolation, LogLine, NodeStats};
@@ -41,6 +44,14 @@ pub struct WorkerSettings {
 enum Outgoing {
     Event(JobEvent),
     Logs(LogBatch),
+    Deploy(DeployEvent),
+}
+
+/// One deployment this node runs: its generation, what stops it, and its task.
+struct AppSlot {
+    generation: u32,
+    cancel: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
 }
 
 pub struct Worker {
@@ -48,6 +59,8 @@ pub struct Worker {
     runtime: Arc<Runtime>,
     /// Attempts running here, with the token that cancels each.
     running: Mutex<HashMap<(Uuid, u32), CancellationToken>>,
+    /// Deployments running here, by id.
+    apps: Mutex<HashMap<Uuid, AppSlot>>,
     /// Attempts that finished here but whose `Finished` event the broker has not confirmed;
     /// heartbeats list them with the running ones, so the orchestrator never takes a job
     /// that is merely on its way back for lost.
@@ -65,6 +78,7 @@ impl Worker {
             settings,
             runtime,
             running: Mutex::new(HashMap::new()),
+            apps: Mutex::new(HashMap::new()),
             finishing: Mutex::new(HashSet::new()),
             outbox: Mutex::new(VecDeque::new()),
             outbox_ready: Notify::new(),
@@ -168,6 +182,8 @@ impl Worker {
                 };
                 match delivery.msg.clone() {
                     WorkRequest::RunJob(job) => self.accept(job, &tasks, &shutdown),
+                    WorkRequest::Deploy(a) => self.deploy(a, &tasks, &shutdown),
+                    WorkRequest::StopDeployment { id, generation } => self.stop_app(id, generation),
                     WorkRequest::CancelJob { job, attempt } => {
                         if let Some(token) = lock(&self.running).get(&(job, attempt)) {
                             tracing::info!(%job, attempt, "cancelling job");
@@ -209,6 +225,106 @@ impl Worker {
             tracing::Instrument::instrument(me.run_attempt(job, token), span).await;
             lock(&running.running).remove(&key);
         });
+    }
+
+    /// Starts a deployment's generation; an older one of the same deployment is stopped
+    /// (and its container gone) first, and a repeated or older assignment is ignored.
+    fn deploy(
+        self: &Arc<Self>,
+        a: DeployAssignment,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let cancel = shutdown.child_token();
+        let mut apps = lock(&self.apps);
+        let before = match apps.get(&a.id) {
+            Some(slot) if slot.generation >= a.generation => {
+                tracing::info!(id = %a.id, generation = a.generation, "stale or repeated deployment ignored");
+                return;
+            }
+            Some(_) => apps.remove(&a.id),
+            None => None,
+        };
+        let me = self.clone();
+        let token = cancel.clone();
+        let (id, generation) = (a.id, a.generation);
+        let done = tasks.spawn(async move {
+            if let Some(old) = before {
+                old.cancel.cancel();
+                let _ = old.done.await;
+            }
+            let span = tracing::info_span!("deployment", id = %a.id, generation = a.generation);
+            tracing::Instrument::instrument(me.run_app(a, token), span).await;
+        });
+        apps.insert(
+            id,
+            AppSlot {
+                generation,
+                cancel,
+                done,
+            },
+        );
+    }
+
+    async fn run_app(self: Arc<Self>, a: DeployAssignment, cancel: CancellationToken) {
+        let (log_tx, log_rx) = mpsc::unbounded_channel::<LogLine>();
+        let batcher = tokio::spawn(batch_logs(self.clone(), a.id, a.generation, log_rx));
+        let report = |r: app::Report| {
+            self.send(Outgoing::Deploy(DeployEvent {
+                id: a.id,
+                generation: a.generation,
+                node: self.settings.node_id.clone(),
+                at: crate::now_ms(),
+                status: r.status,
+                reason: r.reason,
+                app: r.app,
+                port: r.port,
+                commit: r.commit,
+            }))
+        };
+        let generation = a.generation;
+        let log = move |stream: &str, text: String| {
+            let _ = log_tx.send(LogLine {
+                at: crate::now_ms(),
+                attempt: generation,
+                stream: stream.to_owned(),
+                text: clip_line(&text),
+            });
+        };
+        let work = self.settings.data_dir.join("apps");
+        let sinks = app::Sinks {
+            report: &report,
+            log: &log,
+        };
+        app::run(
+            &self.runtime,
+            &self.settings.node_id,
+            &work,
+            &a,
+            &sinks,
+            cancel,
+        )
+        .await;
+        drop(log);
+        let _ = batcher.await;
+        let mut apps = lock(&self.apps);
+        if apps
+            .get(&a.id)
+            .is_some_and(|s| s.generation == a.generation)
+        {
+            apps.remove(&a.id);
+        }
+    }
+
+    /// Stops a deployment's generations up to `generation`.
+    fn stop_app(&self, id: Uuid, generation: u32) {
+        let mut apps = lock(&self.apps);
+        if apps.get(&id).is_some_and(|s| s.generation <= generation) {
+            if let Some(slot) = apps.remove(&id) {
+                tracing::info!(%id, generation, "stopping deployment");
+                slot.cancel.cancel();
+            }
+        }
     }
 
     async fn run_attempt(self: Arc<Self>, job: JobAssignment, cancel: CancellationToken) {
@@ -505,6 +621,7 @@ async fn publish_all(
         pending.push(match msg {
             Outgoing::Event(e) => broker.send(e, None).await?,
             Outgoing::Logs(l) => broker.send(l, None).await?,
+            Outgoing::Deploy(e) => broker.send(e, None).await?,
         });
     }
     for p in pending {

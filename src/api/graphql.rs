@@ -1,10 +1,14 @@
-//! The GraphQL schema: queries over nodes and jobs, the `enqueueJob`, `enqueueInflate` and
-//! `cancelJob` mutations (operator token), and the `jobEvents` subscription.
+//! The GraphQL schema: queries over nodes, jobs and deployments, the `enqueueJob`,
+//! `enqueueInflate`, `cancelJob`, `createDeployment`, `redeploy` and `stopDeployment`
+//! mutations (operator token), and the `jobEvents` and `deploymentEvents` subscriptions.
 
 use crate::cluster::Cluster;
 use crate::discovery::{Discovery, Role};
-use crate::orchestrator::{JobNotice, JobRequest, Orchestrator};
-use crate::store::{Attempt, Isolation, JobRecord, JobState, LogLine, NodeRecord, NodeStats};
+use crate::orchestrator::{DeploymentRequest, JobNotice, JobRequest, Orchestrator};
+use crate::store::{
+    Attempt, DeployStatus, DeploymentRecord, Isolation, JobRecord, JobState, LogLine, NodeRecord,
+    NodeStats,
+};
 use async_graphql::{Context, Error, Json, Object, Schema, SimpleObject, Subscription, ID};
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
@@ -59,7 +63,7 @@ fn require_operator(ctx: &Context<'_>) -> Result<(), Error> {
 }
 
 fn parse_id(id: &ID) -> Result<Uuid, Error> {
-    Uuid::parse_str(id).map_err(|_| Error::new(format!("`{}` is not a job id", id.as_str())))
+    Uuid::parse_str(id).map_err(|_| Error::new(format!("`{}` is not an id", id.as_str())))
 }
 
 fn non_negative(name: &str, v: Option<i32>) -> Result<Option<u64>, Error> {
@@ -124,6 +128,23 @@ impl Query {
     }
 
     /// The cluster as this orchestrator sees it.
+    /// Every deployment, oldest first.
+    async fn deployments(&self, ctx: &Context<'_>) -> Result<Vec<DeploymentView>, Error> {
+        require_read(ctx)?;
+        Ok(orch(ctx)
+            .store()
+            .deployments()?
+            .into_iter()
+            .map(DeploymentView)
+            .collect())
+    }
+
+    async fn deployment(&self, ctx: &Context<'_>, id: ID) -> Result<Option<DeploymentView>, Error> {
+        require_read(ctx)?;
+        let id = parse_id(&id)?;
+        Ok(orch(ctx).store().deployment(id)?.map(DeploymentView))
+    }
+
     async fn cluster(&self, ctx: &Context<'_>) -> Result<ClusterView, Error> {
         require_read(ctx)?;
         let o = orch(ctx);
@@ -307,6 +328,41 @@ impl Mutation {
         Ok(left.unwrap_or(0) as i32)
     }
 
+    /// Builds and runs the app of a git repository (its `kraken.toml` says how) on the
+    /// least-loaded worker that can hold it.
+    async fn create_deployment(
+        &self,
+        ctx: &Context<'_>,
+        git_url: String,
+        #[graphql(default_with = "String::from(\"main\")")] branch: String,
+        memory_mb: Option<i32>,
+    ) -> Result<DeploymentView, Error> {
+        require_operator(ctx)?;
+        let memory_mb = non_negative("memoryMb", memory_mb)?;
+        let d = orch(ctx)
+            .create_deployment(DeploymentRequest {
+                git_url,
+                branch,
+                memory_mb,
+            })
+            .await?;
+        Ok(DeploymentView(d))
+    }
+
+    /// Builds the branch's newest commit and runs it in place of the current one.
+    async fn redeploy(&self, ctx: &Context<'_>, id: ID) -> Result<DeploymentView, Error> {
+        require_operator(ctx)?;
+        Ok(DeploymentView(orch(ctx).redeploy(parse_id(&id)?).await?))
+    }
+
+    /// Stops an app and removes its container and image.
+    async fn stop_deployment(&self, ctx: &Context<'_>, id: ID) -> Result<DeploymentView, Error> {
+        require_operator(ctx)?;
+        Ok(DeploymentView(
+            orch(ctx).stop_deployment(parse_id(&id)?).await?,
+        ))
+    }
+
     async fn cancel_job(&self, ctx: &Context<'_>, id: ID) -> Result<JobView, Error> {
         require_operator(ctx)?;
         Ok(JobView(orch(ctx).cancel(parse_id(&id)?).await?))
@@ -335,6 +391,86 @@ impl Subscription {
                 futures::future::ready(keep)
             }),
         )
+    }
+
+    /// Every change of every deployment (or of one): status, node, URL, reason.
+    async fn deployment_events(
+        &self,
+        ctx: &Context<'_>,
+        id: Option<ID>,
+    ) -> Result<impl Stream<Item = DeploymentView>, Error> {
+        require_read(ctx)?;
+        let only = id.as_ref().map(parse_id).transpose()?;
+        let rx = orch(ctx).subscribe_deployments();
+        Ok(
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |d| {
+                let keep = d
+                    .ok()
+                    .filter(|d| only.is_none_or(|id| id == d.id))
+                    .map(DeploymentView);
+                futures::future::ready(keep)
+            }),
+        )
+    }
+}
+
+pub struct DeploymentView(pub DeploymentRecord);
+
+#[Object(name = "Deployment")]
+impl DeploymentView {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn git_url(&self) -> &str {
+        &self.0.git_url
+    }
+    async fn branch(&self) -> &str {
+        &self.0.branch
+    }
+    async fn status(&self) -> DeployStatus {
+        self.0.status
+    }
+    /// Why it failed, or what it waits for.
+    async fn reason(&self) -> Option<&str> {
+        self.0.reason.as_deref()
+    }
+    /// Bumped at each placement.
+    async fn generation(&self) -> i32 {
+        self.0.generation as i32
+    }
+    async fn node(&self) -> Option<&str> {
+        self.0.node.as_deref()
+    }
+    /// The app's name (from its manifest).
+    async fn app(&self) -> Option<&str> {
+        self.0.app.as_deref()
+    }
+    async fn port(&self) -> Option<i32> {
+        self.0.port.map(i32::from)
+    }
+    async fn commit(&self) -> Option<&str> {
+        self.0.commit.as_deref()
+    }
+    /// Where the app answers while it runs.
+    async fn url(&self) -> Option<&str> {
+        self.0.url.as_deref()
+    }
+    async fn memory_mb(&self) -> i32 {
+        self.0.memory_mb as i32
+    }
+    async fn created_at(&self) -> f64 {
+        self.0.created_at as f64
+    }
+    async fn updated_at(&self) -> f64 {
+        self.0.updated_at as f64
+    }
+    /// Build and run output, oldest first (also at `/log/<id>`).
+    async fn log(&self, ctx: &Context<'_>) -> Result<Vec<LogLineView>, Error> {
+        Ok(orch(ctx)
+            .logs(self.0.id)?
+            .into_iter()
+            .map(LogLineView)
+            .collect())
     }
 }
 

@@ -64,7 +64,9 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::Job(_) | OrchestratorError::Invalid(_) => {
                 Self::BadRequest(e.to_string())
             }
-            OrchestratorError::NoSuchJob(_) => Self::NotFound(e.to_string()),
+            OrchestratorError::NoSuchJob(_) | OrchestratorError::NoSuchDeployment(_) => {
+                Self::NotFound(e.to_string())
+            }
             OrchestratorError::JoinRefused(_) => {
                 Self::Unauthorized("join refused: wrong or expired proof of the cluster token")
             }
@@ -358,7 +360,7 @@ fn nodes(_r: Reader, s: &State<ApiState>) -> ApiResult<Json<Value>> {
 }
 
 fn parse_job_id(id: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("`{id}` is not a job id")))
+    Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("`{id}` is not an id")))
 }
 
 #[get("/api/v1/jobs?<status>&<kind>&<limit>")]
@@ -426,12 +428,27 @@ async fn cancel(_op: Operator, s: &State<ApiState>, id: &str) -> ApiResult<Json<
     Ok(Json(serde_json::to_value(job).unwrap_or_default()))
 }
 
+#[get("/api/v1/deployments")]
+fn deployments(_r: Reader, s: &State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
+    let o = s.orch()?;
+    Ok(Json(
+        serde_json::to_value(o.store().deployments()?).unwrap_or_default(),
+    ))
+}
+
+#[get("/api/v1/deployments/<id>")]
+fn deployment(_r: Reader, s: &State<ApiState>, id: &str) -> ApiResult<Json<serde_json::Value>> {
+    let o = s.orch()?;
+    let d = o.deployment(parse_job_id(id)?)?;
+    Ok(Json(serde_json::to_value(d).unwrap_or_default()))
+}
+
 #[get("/log/<id>")]
 fn log(_r: Reader, s: &State<ApiState>, id: &str) -> ApiResult<(ContentType, String)> {
     let o = s.orch()?;
     let id = parse_job_id(id)?;
-    if o.store().job(id)?.is_none() {
-        return Err(ApiError::NotFound(format!("no job {id}")));
+    if o.store().job(id)?.is_none() && o.store().deployment(id)?.is_none() {
+        return Err(ApiError::NotFound(format!("no job or deployment {id}")));
     }
     let mut text = String::new();
     for line in o.logs(id)? {
@@ -777,6 +794,8 @@ pub async fn serve(
                 job,
                 enqueue,
                 cancel,
+                deployments,
+                deployment,
                 log,
                 join_challenge,
                 join,

@@ -36,7 +36,47 @@ impl Message for Heartbeat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WorkRequest {
     RunJob(JobAssignment),
-    CancelJob { job: Uuid, attempt: u32 },
+    CancelJob {
+        job: Uuid,
+        attempt: u32,
+    },
+    /// Build and run an app (a newer generation replaces an older one of the same id).
+    Deploy(DeployAssignment),
+    /// Stop and remove an app's container and image (generations up to this one).
+    StopDeployment {
+        id: Uuid,
+        generation: u32,
+    },
+}
+
+/// One placement of one deployment, as a worker needs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployAssignment {
+    pub id: Uuid,
+    pub generation: u32,
+    pub git_url: String,
+    pub branch: String,
+    pub memory_mb: u64,
+}
+
+/// Workers → orchestrator, on queue `deployments`: where a deployment got to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployEvent {
+    pub id: Uuid,
+    pub generation: u32,
+    pub node: String,
+    pub at: i64,
+    pub status: crate::store::DeployStatus,
+    pub reason: Option<String>,
+    pub app: Option<String>,
+    pub port: Option<u16>,
+    pub commit: Option<String>,
+}
+
+impl Message for DeployEvent {
+    const QUEUE: &'static str = "deployments";
+    const EXCHANGE: &'static str = super::UP_EXCHANGE;
+    const PERSISTENT: bool = true;
 }
 
 impl Message for WorkRequest {

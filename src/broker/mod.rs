@@ -150,6 +150,7 @@ impl Broker {
             (messages::Heartbeat::QUEUE, Some(10_000)),
             (messages::JobEvent::QUEUE, None),
             (messages::LogBatch::QUEUE, None),
+            (messages::DeployEvent::QUEUE, None),
         ] {
             let mut args = dead_lettered();
             if let Some(ttl) = ttl_ms {

@@ -47,6 +47,16 @@ impl Lang {
         (self != Lang::Dockerfile).then(|| format!("app-{}.Dockerfile", self.as_str()))
     }
 
+    /// The text of [`Lang::dockerfile`] (compiled in, so a lone binary can build apps).
+    pub fn dockerfile_text(self) -> Option<&'static str> {
+        match self {
+            Lang::Python => Some(include_str!("../../dockerfiles/app-python.Dockerfile")),
+            Lang::Node => Some(include_str!("../../dockerfiles/app-node.Dockerfile")),
+            Lang::StaticSite => Some(include_str!("../../dockerfiles/app-static-site.Dockerfile")),
+            Lang::Dockerfile => None,
+        }
+    }
+
     /// Whether an app of this language must say how it starts (`config.run`).
     fn needs_run(self) -> bool {
         matches!(self, Lang::Python | Lang::Node)

@@ -1,6 +1,8 @@
 //! App deployments: an operator's git repository, built and run somewhere on the LAN.
 //!
-//! So far this holds the app manifest (`kraken.toml` at the repository's root, see
-//! [`manifest`]); placement, building, running, redeploying and moving apps are to come.
+//! The app manifest (`kraken.toml` at the repository's root, see [`manifest`]) and the
+//! worker's side of a deployment ([`app`]: clone, build, run, health, logs). Placing and
+//! moving deployments is the orchestrator's.
 
+pub mod app;
 pub mod manifest;

@@ -49,10 +49,17 @@ pub enum TreeName {
     Jobs,
     Logs,
     Settings,
+    Deployments,
 }
 
 impl TreeName {
-    const ALL: [TreeName; 4] = [Self::Nodes, Self::Jobs, Self::Logs, Self::Settings];
+    const ALL: [TreeName; 5] = [
+        Self::Nodes,
+        Self::Jobs,
+        Self::Logs,
+        Self::Settings,
+        Self::Deployments,
+    ];
 }
 
 /// One write to a tree: a value to put, or `None` to remove the key.
@@ -196,6 +203,61 @@ impl JobRecord {
     }
 }
 
+/// The life of a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, async_graphql::Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeployStatus {
+    /// Stored, waiting for a node.
+    Requested,
+    /// A worker clones the repository and builds the image.
+    Building,
+    /// The container started; its health check has not passed yet.
+    Starting,
+    Running,
+    /// It cannot run (the reason says why); nothing restarts it but a redeploy.
+    Failed,
+    /// An operator stopped it.
+    Stopped,
+}
+
+impl DeployStatus {
+    /// Whether a worker holds (or should hold) a container for it.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Building | Self::Starting | Self::Running)
+    }
+}
+
+/// An app deployment and everything known about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: Uuid,
+    pub git_url: String,
+    pub branch: String,
+    pub status: DeployStatus,
+    /// Why it failed (or why it is not running yet).
+    pub reason: Option<String>,
+    /// Bumped at each placement: events of an older generation are stale.
+    pub generation: u32,
+    pub node: Option<String>,
+    /// The app's name and port, from its manifest (known once a worker read it).
+    pub app: Option<String>,
+    pub port: Option<u16>,
+    /// The commit that runs.
+    pub commit: Option<String>,
+    /// Where it answers (`http://<node address>:<port>/`).
+    pub url: Option<String>,
+    /// Memory it may use, in MiB.
+    pub memory_mb: u64,
+    /// A node label it needs (`key=value`), and an architecture (`x86_64`, `aarch64`).
+    pub label: Option<String>,
+    pub arch: Option<String>,
+    /// Nodes it failed to start on for reasons of the node (tried elsewhere first).
+    #[serde(default)]
+    pub avoid: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 /// A node as the orchestrator knows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -247,8 +309,9 @@ pub struct Store {
     jobs: sled::Tree,
     logs: sled::Tree,
     settings: sled::Tree,
+    deployments: sled::Tree,
     /// The state machine's copies, by [`TreeName`] order.
-    replica: [sled::Tree; 4],
+    replica: [sled::Tree; 5],
     raft_log: sled::Tree,
     raft_meta: sled::Tree,
     db: sled::Db,
@@ -311,11 +374,13 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             logs: db.open_tree("logs")?,
             settings: db.open_tree("settings")?,
+            deployments: db.open_tree("deployments")?,
             replica: [
                 db.open_tree("r_nodes")?,
                 db.open_tree("r_jobs")?,
                 db.open_tree("r_logs")?,
                 db.open_tree("r_settings")?,
+                db.open_tree("r_deployments")?,
             ],
             raft_log: db.open_tree("raft_log")?,
             raft_meta: db.open_tree("raft_meta")?,
@@ -331,6 +396,7 @@ impl Store {
             TreeName::Jobs => &self.jobs,
             TreeName::Logs => &self.logs,
             TreeName::Settings => &self.settings,
+            TreeName::Deployments => &self.deployments,
         }
     }
 
@@ -497,31 +563,72 @@ impl Store {
     pub fn update_job(
         &self,
         id: Uuid,
-        mut change: impl FnMut(&mut JobRecord) -> bool,
+        change: impl FnMut(&mut JobRecord) -> bool,
     ) -> Result<Option<JobRecord>, StoreError> {
+        self.update(TreeName::Jobs, id, change)
+    }
+
+    /// Compare-and-swap update of one record keyed by a UUID (see [`Store::update_job`]).
+    fn update<T: Serialize + for<'de> Deserialize<'de>>(
+        &self,
+        tree: TreeName,
+        id: Uuid,
+        mut change: impl FnMut(&mut T) -> bool,
+    ) -> Result<Option<T>, StoreError> {
+        let working = self.working(tree);
         loop {
-            let Some(old) = self.jobs.get(id.as_bytes())? else {
+            let Some(old) = working.get(id.as_bytes())? else {
                 return Ok(None);
             };
-            let mut job: JobRecord = decode(id.to_string().as_bytes(), &old)?;
-            if !change(&mut job) {
+            let mut record: T = decode(id.to_string().as_bytes(), &old)?;
+            if !change(&mut record) {
                 return Ok(None);
             }
-            let new = encode(&job)?;
+            let new = encode(&record)?;
             let mut rec = self.recording();
-            if self
-                .jobs
+            if working
                 .compare_and_swap(id.as_bytes(), Some(old), Some(new.clone()))?
                 .is_ok()
             {
                 rec.record([Op {
-                    tree: TreeName::Jobs,
+                    tree,
                     key: id.as_bytes().to_vec(),
                     value: Some(new),
                 }]);
-                return Ok(Some(job));
+                return Ok(Some(record));
             }
         }
+    }
+
+    pub fn put_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
+        self.put(TreeName::Deployments, d.id.as_bytes(), encode(d)?)
+    }
+
+    pub fn deployment(&self, id: Uuid) -> Result<Option<DeploymentRecord>, StoreError> {
+        self.deployments
+            .get(id.as_bytes())?
+            .map(|v| decode(id.to_string().as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Changes one deployment atomically (see [`Store::update_job`]).
+    pub fn update_deployment(
+        &self,
+        id: Uuid,
+        change: impl FnMut(&mut DeploymentRecord) -> bool,
+    ) -> Result<Option<DeploymentRecord>, StoreError> {
+        self.update(TreeName::Deployments, id, change)
+    }
+
+    /// Every deployment, oldest first.
+    pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        self.deployments
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
     }
 
     /// Every job, oldest first (ids are time-ordered UUIDv7).

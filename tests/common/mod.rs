@@ -379,18 +379,21 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
         // the job containers it left (a killed agent does not remove them)
+        // (and its app containers)
         if let Ok(id) = std::fs::read_to_string(self.data_dir().join("node-id")) {
-            let label = format!("label=kraken.node={}", id.trim());
-            if let Ok(out) = Command::new("docker")
-                .args(["ps", "-aq", "--filter", &label])
-                .output()
-            {
-                for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("docker")
-                        .args(["rm", "-f", c])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status();
+            for key in ["kraken.node", "kraken.app-node"] {
+                let label = format!("label={key}={}", id.trim());
+                if let Ok(out) = Command::new("docker")
+                    .args(["ps", "-aq", "--filter", &label])
+                    .output()
+                {
+                    for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                        let _ = Command::new("docker")
+                            .args(["rm", "-f", c])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status();
+                    }
                 }
             }
         }

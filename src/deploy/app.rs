@@ -1,0 +1,519 @@
+//! The worker's side of one deployment: clone the branch, read `kraken.toml`, build the image,
+//! run the container with the app's port published, check its health, follow its output and
+//! watch it until it is stopped or replaced; then remove its container, image and checkout.
+//!
+//! App containers run as `nobody` with every capability dropped, `no-new-privileges`, a memory
+//! and process limit, Docker's `on-failure` restarts (with Docker's growing delay) for a
+//! bounded number of crashes, and never the docker socket.
+
+use super::manifest::{Manifest, ManifestError};
+use crate::broker::messages::DeployAssignment;
+use crate::runtime::{force_remove, LineSplitter, Runtime, RuntimeError, JOB_UID};
+use crate::store::DeployStatus;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder,
+    RemoveImageOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a started app has to answer on its port.
+const HEALTH_WINDOW: Duration = Duration::from_secs(60);
+/// Crashes Docker restarts (with its growing delay) before the app counts as failed.
+const MAX_RESTARTS: i64 = 3;
+/// How long cloning may take.
+const CLONE_TIMEOUT: Duration = Duration::from_secs(180);
+/// The name the platform's Dockerfile gets inside the build context.
+const PLATFORM_DOCKERFILE: &str = ".kraken.Dockerfile";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot clone {url} (branch {branch}): {detail}")]
+    Clone {
+        url: String,
+        branch: String,
+        detail: String,
+    },
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
+    #[error("lang = \"dockerfile\" but the repository has no Dockerfile at its root")]
+    NoDockerfile,
+    #[error("the build failed: {0}")]
+    Build(String),
+    #[error("cannot start the app: {0}")]
+    Start(String),
+    #[error("{0}")]
+    Unhealthy(String),
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("preparing the build: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a worker tells the orchestrator about a deployment.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub status: DeployStatus,
+    pub reason: Option<String>,
+    pub app: Option<String>,
+    pub port: Option<u16>,
+    pub commit: Option<String>,
+}
+
+/// Where one run of a deployment reports to.
+pub struct Sinks<'a> {
+    pub report: &'a (dyn Fn(Report) + Send + Sync),
+    /// `(stream, line)`: `build`, `stdout`, `stderr` or `kraken`.
+    pub log: &'a (dyn Fn(&str, String) + Send + Sync),
+}
+
+/// What was built and started, for cleanup.
+#[derive(Default)]
+struct Made {
+    checkout: Option<PathBuf>,
+    image: Option<String>,
+    container: Option<String>,
+}
+
+/// Runs one generation of a deployment on this node until `cancel` (stopped, replaced or the
+/// agent stops) or until it fails; everything it made is removed at the end.
+pub async fn run(
+    rt: &Runtime,
+    node: &str,
+    work: &Path,
+    a: &DeployAssignment,
+    sinks: &Sinks<'_>,
+    cancel: CancellationToken,
+) {
+    let mut made = Made::default();
+    let mut known = Report {
+        status: DeployStatus::Building,
+        reason: None,
+        app: None,
+        port: None,
+        commit: None,
+    };
+    (sinks.report)(known.clone());
+    let outcome = tokio::select! {
+        r = deploy(rt, node, work, a, sinks, &mut made, &mut known) => r,
+        _ = cancel.cancelled() => Ok(()),
+    };
+    if let Err(error) = outcome {
+        let reason = error.to_string();
+        (sinks.log)("kraken", format!("deployment failed: {reason}"));
+        tracing::warn!(id = %a.id, generation = a.generation, %reason, "deployment failed");
+        known.status = DeployStatus::Failed;
+        known.reason = Some(reason);
+        (sinks.report)(known);
+    }
+    remove(rt, &made).await;
+}
+
+async fn remove(rt: &Runtime, made: &Made) {
+    if let Ok(d) = rt.docker().await {
+        if let Some(c) = &made.container {
+            force_remove(&d, c).await;
+        }
+        if let Some(image) = &made.image {
+            let opts = RemoveImageOptionsBuilder::new().force(true).build();
+            let _ = d.remove_image(image, Some(opts), None).await;
+        }
+    }
+    if let Some(dir) = &made.checkout {
+        let _ = tokio::fs::remove_dir_all(dir).await;
+    }
+}
+
+async fn deploy(
+    rt: &Runtime,
+    node: &str,
+    work: &Path,
+    a: &DeployAssignment,
+    sinks: &Sinks<'_>,
+    made: &mut Made,
+    known: &mut Report,
+) -> Result<(), AppError> {
+    let dir = work.join(format!("{}-{}", a.id.simple(), a.generation));
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    tokio::fs::create_dir_all(work).await?;
+    made.checkout = Some(dir.clone());
+    (sinks.log)(
+        "kraken",
+        format!("cloning {} (branch {})", a.git_url, a.branch),
+    );
+    let commit = clone(&a.git_url, &a.branch, &dir).await?;
+    let manifest = Manifest::read(&dir)?;
+    known.app = Some(manifest.name.clone());
+    known.port = Some(manifest.port);
+    known.commit = Some(commit.clone());
+    (sinks.report)(known.clone());
+    (sinks.log)(
+        "kraken",
+        format!(
+            "building {} ({}) at {commit} for port {}",
+            manifest.name,
+            manifest.lang.as_str(),
+            manifest.port
+        ),
+    );
+    let d = rt.docker().await?;
+    let tag = format!(
+        "kraken-app-{}:{}-{}",
+        manifest.name,
+        &a.id.simple().to_string()[..12],
+        a.generation
+    );
+    made.image = Some(tag.clone());
+    build(rt, &d, &dir, &manifest, &tag, a, sinks).await?;
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    made.checkout = None;
+
+    known.status = DeployStatus::Starting;
+    (sinks.report)(known.clone());
+    let name = format!(
+        "kraken-app-{}-{}-g{}",
+        manifest.name,
+        &a.id.simple().to_string()[..12],
+        a.generation
+    );
+    force_remove(&d, &name).await;
+    let container = start(&d, node, &name, &tag, &manifest, a).await?;
+    made.container = Some(container.clone());
+    (sinks.log)("kraken", format!("started on port {}", manifest.port));
+
+    let logs = follow_logs(&d, &container, sinks);
+    let watched = async {
+        healthy(&d, &container, manifest.port).await?;
+        known.status = DeployStatus::Running;
+        (sinks.report)(known.clone());
+        (sinks.log)("kraken", "healthy: answering on its port".into());
+        watch(&d, &container).await
+    };
+    tokio::select! {
+        r = watched => r,
+        _ = logs => std::future::pending().await,
+    }
+}
+
+/// Clones one branch, shallow, and returns its commit. Git never asks for a password: a
+/// private repository fails with git's own message.
+async fn clone(url: &str, branch: &str, dir: &Path) -> Result<String, AppError> {
+    let fail = |detail: String| AppError::Clone {
+        url: url.to_owned(),
+        branch: branch.to_owned(),
+        detail,
+    };
+    if url.starts_with('-') || branch.starts_with('-') {
+        return Err(fail(
+            "neither the URL nor the branch may start with '-'".into(),
+        ));
+    }
+    let git = |args: &[&str]| {
+        let mut c = tokio::process::Command::new("git");
+        c.args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ASKPASS", "true")
+            .env("SSH_ASKPASS", "true")
+            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        c
+    };
+    let dir_s = dir.to_string_lossy().into_owned();
+    let out = tokio::time::timeout(
+        CLONE_TIMEOUT,
+        git(&[
+            "clone",
+            "--quiet",
+            "--depth",
+            "1",
+            "--single-branch",
+            "--branch",
+            branch,
+            "--",
+            url,
+            &dir_s,
+        ])
+        .output(),
+    )
+    .await
+    .map_err(|_| fail(format!("no answer within {} s", CLONE_TIMEOUT.as_secs())))?
+    .map_err(|e| fail(format!("cannot run git: {e}")))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let detail = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(fail(if detail.is_empty() {
+            format!("git exited with {}", out.status)
+        } else {
+            detail
+        }));
+    }
+    let head = git(&["-C", &dir_s, "rev-parse", "HEAD"])
+        .output()
+        .await
+        .map_err(|e| fail(format!("cannot run git: {e}")))?;
+    Ok(String::from_utf8_lossy(&head.stdout).trim().to_owned())
+}
+
+/// The build context: the checkout without `.git`, plus the platform's Dockerfile.
+fn context(dir: &Path, dockerfile: Option<&str>) -> Result<Vec<u8>, AppError> {
+    let _ = std::fs::remove_dir_all(dir.join(".git"));
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", dir)?;
+    if let Some(text) = dockerfile {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, PLATFORM_DOCKERFILE, text.as_bytes())?;
+    }
+    Ok(tar.into_inner()?)
+}
+
+async fn build(
+    rt: &Runtime,
+    d: &Docker,
+    dir: &Path,
+    manifest: &Manifest,
+    tag: &str,
+    a: &DeployAssignment,
+    sinks: &Sinks<'_>,
+) -> Result<(), AppError> {
+    let platform = manifest.lang.dockerfile_text();
+    if platform.is_none() && !dir.join("Dockerfile").is_file() {
+        return Err(AppError::NoDockerfile);
+    }
+    let dir2 = dir.to_owned();
+    let ctx = crate::runtime::blocking(move || {
+        context(&dir2, platform).map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .await?;
+    let mut args = HashMap::from([("BASE_IMAGE".to_string(), rt.base_image().to_owned())]);
+    if let Some(test) = &manifest.test {
+        args.insert("KRAKEN_TEST".into(), test.clone());
+    }
+    let labels = HashMap::from([
+        ("kraken.deployment".to_string(), a.id.to_string()),
+        ("kraken.generation".to_string(), a.generation.to_string()),
+    ]);
+    let opts = BuildImageOptionsBuilder::new()
+        .t(tag)
+        .dockerfile(if platform.is_some() {
+            PLATFORM_DOCKERFILE
+        } else {
+            "Dockerfile"
+        })
+        .rm(true)
+        .forcerm(true)
+        .labels(&labels)
+        .buildargs(&args)
+        .memory((a.memory_mb.max(512) as i32) << 20)
+        .build();
+    let mut stream = d.build_image(opts, None, Some(bollard::body_full(ctx.into())));
+    let mut last = Vec::<String>::new();
+    while let Some(step) = stream.next().await {
+        let step = step.map_err(|e| AppError::Build(e.to_string()))?;
+        if let Some(text) = step.stream {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                (sinks.log)("build", line.to_owned());
+                last.push(line.to_owned());
+                if last.len() > 3 {
+                    last.remove(0);
+                }
+            }
+        }
+        if let Some(detail) = step.error_detail {
+            let message = detail.message.unwrap_or_default();
+            (sinks.log)("build", message.clone());
+            return Err(AppError::Build(format!(
+                "{message} (last output: {})",
+                last.join(" | ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn start(
+    d: &Docker,
+    node: &str,
+    name: &str,
+    image: &str,
+    manifest: &Manifest,
+    a: &DeployAssignment,
+) -> Result<String, AppError> {
+    let port = format!("{}/tcp", manifest.port);
+    let memory = (a.memory_mb as i64) << 20;
+    let mut env = vec![format!("PORT={}", manifest.port)];
+    if let Some(run) = &manifest.run {
+        env.push(format!("KRAKEN_RUN={run}"));
+    }
+    let body = ContainerCreateBody {
+        image: Some(image.to_owned()),
+        env: Some(env),
+        user: Some(format!("{JOB_UID}:{JOB_UID}")),
+        exposed_ports: Some(vec![port.clone()]),
+        labels: Some(HashMap::from([
+            ("kraken.deployment".to_string(), a.id.to_string()),
+            ("kraken.generation".to_string(), a.generation.to_string()),
+            ("kraken.app-node".to_string(), node.to_owned()),
+            ("kraken.app".to_string(), manifest.name.clone()),
+        ])),
+        host_config: Some(HostConfig {
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            pids_limit: Some(512),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            privileged: Some(false),
+            port_bindings: Some(HashMap::from([(
+                port,
+                Some(vec![PortBinding {
+                    host_ip: Some("0.0.0.0".into()),
+                    host_port: Some(manifest.port.to_string()),
+                }]),
+            )])),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                maximum_retry_count: Some(MAX_RESTARTS),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = d
+        .create_container(
+            Some(CreateContainerOptionsBuilder::new().name(name).build()),
+            body,
+        )
+        .await
+        .map_err(|e| AppError::Start(docker_message(e)))?;
+    if let Err(e) = d.start_container(&created.id, None).await {
+        force_remove(d, &created.id).await;
+        return Err(AppError::Start(docker_message(e)));
+    }
+    Ok(created.id)
+}
+
+/// Docker's own message, without the status code around it.
+fn docker_message(e: bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+/// Waits until the app answers HTTP on its port (any status: it is up), or fails when the
+/// container gives up or the window passes.
+async fn healthy(d: &Docker, container: &str, port: u16) -> Result<(), AppError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| AppError::Unhealthy(e.to_string()))?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let deadline = tokio::time::Instant::now() + HEALTH_WINDOW;
+    loop {
+        if let Some(reason) = given_up(d, container).await? {
+            return Err(AppError::Unhealthy(reason));
+        }
+        if client.get(&url).send().await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(AppError::Unhealthy(format!(
+                "it did not answer HTTP on port {port} within {} s",
+                HEALTH_WINDOW.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `Some(reason)` once the container stopped for good (it exited and Docker's restarts are
+/// used up, or it was removed under us).
+async fn given_up(d: &Docker, container: &str) -> Result<Option<String>, AppError> {
+    let info = match d.inspect_container(container, None).await {
+        Ok(info) => info,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => return Ok(Some("its container was removed".into())),
+        Err(e) => return Err(e.into()),
+    };
+    let restarts = info.restart_count.unwrap_or(0);
+    let state = info.state.unwrap_or_default();
+    if state.running == Some(true) || state.restarting == Some(true) {
+        return Ok(None);
+    }
+    // between a crash and Docker's restart the container shows as exited for a moment
+    if restarts < MAX_RESTARTS && state.exit_code != Some(0) {
+        return Ok(None);
+    }
+    let code = state.exit_code.unwrap_or(-1);
+    Ok(Some(if state.oom_killed == Some(true) {
+        "it went over its memory limit and was killed".into()
+    } else if restarts == 0 {
+        format!("the app exited at once (code {code})")
+    } else {
+        format!("the app kept exiting (code {code}); gave up after {restarts} restarts")
+    }))
+}
+
+/// Watches a running app until it stops for good.
+async fn watch(d: &Docker, container: &str) -> Result<(), AppError> {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Some(reason) = given_up(d, container).await? {
+            return Err(AppError::Unhealthy(reason));
+        }
+    }
+}
+
+/// Follows the app's output across Docker's restarts of it (never returns on its own).
+async fn follow_logs(d: &Docker, container: &str, sinks: &Sinks<'_>) {
+    let mut since = 0i32;
+    loop {
+        let opts = LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .since(since)
+            .build();
+        let mut lines = LineSplitter::default();
+        let mut stream = d.logs(container, Some(opts));
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bollard::container::LogOutput::StdOut { message }) => {
+                    for l in lines.push("stdout", &message) {
+                        (sinks.log)("stdout", l);
+                    }
+                }
+                Ok(bollard::container::LogOutput::StdErr { message }) => {
+                    for l in lines.push("stderr", &message) {
+                        (sinks.log)("stderr", l);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        for (stream, l) in lines.finish() {
+            (sinks.log)(stream, l);
+        }
+        since = (crate::now_ms() / 1000) as i32;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

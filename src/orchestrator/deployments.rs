@@ -1,0 +1,451 @@
+//! The orchestrator's side of app deployments: the requests operators make
+//! (`createDeployment`, `redeploy`, `stopDeployment`), placement on the least-loaded live
+//! worker with room for the app, the workers' reports, and moving the deployments of a
+//! worker that went silent.
+//!
+//! Every placement bumps the deployment's generation and is committed before the worker
+//! hears of it; a worker's report of an older generation is stale and ignored.
+
+use super::{lock, Orchestrator, OrchestratorError};
+use crate::broker::messages::{DeployAssignment, DeployEvent, WorkRequest};
+use crate::store::{DeployStatus, DeploymentRecord, NodeRecord};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Memory an app may use unless it asks for another amount, MiB.
+pub const DEFAULT_APP_MEMORY_MB: u64 = 256;
+
+/// What an operator asks for.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentRequest {
+    pub git_url: String,
+    pub branch: String,
+    pub memory_mb: Option<u64>,
+}
+
+/// Git URLs a worker may clone: network transports only (a `file://` path would read the
+/// worker's own disk).
+fn check_git_url(url: &str) -> Result<(), String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err("gitUrl is empty".into());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("gitUrl holds whitespace".into());
+    }
+    let scheme_ok = ["http://", "https://", "git://", "ssh://"]
+        .iter()
+        .any(|s| url.starts_with(s) && url.len() > s.len());
+    // scp-like `user@host:path`
+    let scp_ok = !url.contains("://")
+        && url
+            .split_once(':')
+            .is_some_and(|(host, path)| host.contains('@') && !path.is_empty());
+    if scheme_ok || scp_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "gitUrl `{url}` is not a git URL the workers can clone (http://, https://, git://, ssh:// or user@host:path)"
+        ))
+    }
+}
+
+/// Branch names git accepts (the parts of `git check-ref-format` that matter here).
+fn check_branch(branch: &str) -> Result<(), String> {
+    let bad = branch.is_empty()
+        || branch.starts_with('-')
+        || branch.starts_with('/')
+        || branch.ends_with('/')
+        || branch.ends_with(".lock")
+        || branch.contains("..")
+        || branch.contains("@{")
+        || branch.len() > 200
+        || branch
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+    if bad {
+        Err(format!("branch `{branch}` is not a valid git branch name"))
+    } else {
+        Ok(())
+    }
+}
+
+impl Orchestrator {
+    /// Stores a new deployment as `REQUESTED` (committed) and wakes the placement.
+    pub async fn create_deployment(
+        &self,
+        req: DeploymentRequest,
+    ) -> Result<DeploymentRecord, OrchestratorError> {
+        check_git_url(&req.git_url).map_err(OrchestratorError::Invalid)?;
+        check_branch(&req.branch).map_err(OrchestratorError::Invalid)?;
+        let memory_mb = req.memory_mb.unwrap_or(DEFAULT_APP_MEMORY_MB);
+        if !(16..=1 << 20).contains(&memory_mb) {
+            return Err(OrchestratorError::Invalid(format!(
+                "memoryMb must be between 16 and {}, not {memory_mb}",
+                1 << 20
+            )));
+        }
+        let now = crate::now_ms();
+        let record = DeploymentRecord {
+            id: Uuid::now_v7(),
+            git_url: req.git_url.trim().to_owned(),
+            branch: req.branch,
+            status: DeployStatus::Requested,
+            reason: None,
+            generation: 0,
+            node: None,
+            app: None,
+            port: None,
+            commit: None,
+            url: None,
+            memory_mb,
+            label: None,
+            arch: None,
+            avoid: vec![],
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.put_deployment(&record)?;
+        self.store.flush().await?;
+        self.deployment_changed(&record);
+        self.wake.notify_one();
+        Ok(record)
+    }
+
+    pub fn deployment(&self, id: Uuid) -> Result<DeploymentRecord, OrchestratorError> {
+        self.store
+            .deployment(id)?
+            .ok_or(OrchestratorError::NoSuchDeployment(id))
+    }
+
+    /// Builds and starts the deployment again (the branch's newest commit) on the
+    /// least-loaded node; the running generation is stopped.
+    pub async fn redeploy(&self, id: Uuid) -> Result<DeploymentRecord, OrchestratorError> {
+        let old = self.deployment(id)?;
+        let record = self
+            .store
+            .update_deployment(id, |d| {
+                d.status = DeployStatus::Requested;
+                d.reason = None;
+                d.node = None;
+                d.url = None;
+                d.avoid.clear();
+                d.updated_at = crate::now_ms();
+                true
+            })?
+            .ok_or(OrchestratorError::NoSuchDeployment(id))?;
+        self.store.flush().await?;
+        self.tell_to_stop(&old).await;
+        self.deployment_changed(&record);
+        self.wake.notify_one();
+        Ok(record)
+    }
+
+    /// Stops a deployment for good: its container and image are removed.
+    pub async fn stop_deployment(&self, id: Uuid) -> Result<DeploymentRecord, OrchestratorError> {
+        let old = self.deployment(id)?;
+        let record = self
+            .store
+            .update_deployment(id, |d| {
+                d.status = DeployStatus::Stopped;
+                d.reason = Some("stopped by an operator".into());
+                d.url = None;
+                d.updated_at = crate::now_ms();
+                true
+            })?
+            .ok_or(OrchestratorError::NoSuchDeployment(id))?;
+        self.store.flush().await?;
+        self.tell_to_stop(&old).await;
+        self.deployment_changed(&record);
+        Ok(record)
+    }
+
+    /// Asks the node holding a deployment's current generation to stop it (best effort: a
+    /// dead node has nothing running).
+    async fn tell_to_stop(&self, d: &DeploymentRecord) {
+        let (Some(node), Some(broker)) = (&d.node, self.broker()) else {
+            return;
+        };
+        let msg = WorkRequest::StopDeployment {
+            id: d.id,
+            generation: d.generation,
+        };
+        if let Err(error) = broker.publish(&msg, Some(node)).await {
+            tracing::warn!(%error, id = %d.id, %node, "cannot tell the node to stop the app");
+        }
+    }
+
+    /// Places every `REQUESTED` deployment that has no node yet.
+    pub(super) async fn place_deployments(&self) -> Result<(), OrchestratorError> {
+        let Some(broker) = self.broker() else {
+            return Ok(());
+        };
+        let waiting: Vec<DeploymentRecord> = self
+            .store
+            .deployments()?
+            .into_iter()
+            .filter(|d| d.status == DeployStatus::Requested && d.node.is_none())
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let nodes = self.store.nodes()?;
+        for d in waiting {
+            let node = match self.pick_app_node(&d, &nodes)? {
+                Ok(node) => node,
+                Err(why) => {
+                    self.hold(&d, why).await?;
+                    continue;
+                }
+            };
+            let Some(record) = self.store.update_deployment(d.id, |r| {
+                if r.status != DeployStatus::Requested || r.node.is_some() {
+                    return false;
+                }
+                r.generation += 1;
+                r.node = Some(node.id.clone());
+                r.reason = None;
+                r.updated_at = crate::now_ms();
+                true
+            })?
+            else {
+                continue;
+            };
+            // committed before the worker hears of it: a new leader knows where it went
+            self.store.flush().await?;
+            let a = DeployAssignment {
+                id: record.id,
+                generation: record.generation,
+                git_url: record.git_url.clone(),
+                branch: record.branch.clone(),
+                memory_mb: record.memory_mb,
+            };
+            tracing::info!(id = %record.id, node = %node.id, generation = record.generation, "placing deployment");
+            let sent = match broker.send(&WorkRequest::Deploy(a), Some(&node.id)).await {
+                Ok(pending) => pending.confirmed().await,
+                Err(e) => Err(e),
+            };
+            if let Err(error) = sent {
+                tracing::warn!(%error, id = %record.id, "deployment not dispatched; placing it again");
+                self.store.update_deployment(record.id, |r| {
+                    let mine = r.generation == record.generation;
+                    if mine {
+                        r.node = None;
+                    }
+                    mine
+                })?;
+                self.store.flush().await?;
+                continue;
+            }
+            self.deployment_changed(&record);
+        }
+        Ok(())
+    }
+
+    /// Keeps a deployment waiting with the reason, or fails it when no node could ever
+    /// hold it.
+    async fn hold(
+        &self,
+        d: &DeploymentRecord,
+        why: Result<String, String>,
+    ) -> Result<(), OrchestratorError> {
+        let (status, reason) = match why {
+            Ok(wait) => (DeployStatus::Requested, wait),
+            Err(never) => (DeployStatus::Failed, never),
+        };
+        if d.status == status && d.reason.as_deref() == Some(reason.as_str()) {
+            return Ok(());
+        }
+        if let Some(record) = self.store.update_deployment(d.id, |r| {
+            if r.status != DeployStatus::Requested || r.node.is_some() {
+                return false;
+            }
+            r.status = status;
+            r.reason = Some(reason.clone());
+            r.updated_at = crate::now_ms();
+            true
+        })? {
+            self.store.flush().await?;
+            self.deployment_changed(&record);
+        }
+        Ok(())
+    }
+
+    /// The least-loaded live node with room for the app: fewest deployments, then most
+    /// free memory, then fewest jobs. `Err(Ok(why))`: none now (it waits);
+    /// `Err(Err(why))`: none ever (it fails).
+    #[allow(clippy::type_complexity)]
+    fn pick_app_node(
+        &self,
+        d: &DeploymentRecord,
+        nodes: &[NodeRecord],
+    ) -> Result<Result<NodeRecord, Result<String, String>>, OrchestratorError> {
+        let largest = nodes
+            .iter()
+            .filter_map(|n| n.stats.as_ref().map(|s| s.memory_total_mb))
+            .max()
+            .unwrap_or(0);
+        if largest > 0 && d.memory_mb > largest {
+            return Ok(Err(Err(format!(
+                "it asks for {} MiB of memory; the largest node has {largest} MiB",
+                d.memory_mb
+            ))));
+        }
+        let mut per_node: std::collections::HashMap<String, u32> = Default::default();
+        for other in self.store.deployments()? {
+            if let (true, Some(node)) = (other.status.is_active(), other.node) {
+                *per_node.entry(node).or_default() += 1;
+            }
+        }
+        let jobs = self.active_per_node();
+        let best = nodes
+            .iter()
+            .filter(|n| self.is_alive(&n.id) && !d.avoid.contains(&n.id))
+            .filter(|n| {
+                n.stats.as_ref().is_some_and(|s| {
+                    s.docker_ok && s.memory_total_mb.saturating_sub(s.memory_used_mb) >= d.memory_mb
+                })
+            })
+            .min_by_key(|n| {
+                let free = n
+                    .stats
+                    .as_ref()
+                    .map(|s| s.memory_total_mb.saturating_sub(s.memory_used_mb))
+                    .unwrap_or(0);
+                (
+                    per_node.get(&n.id).copied().unwrap_or(0),
+                    std::cmp::Reverse(free),
+                    jobs.get(&n.id).copied().unwrap_or(0),
+                    n.id.clone(),
+                )
+            });
+        Ok(match best {
+            Some(n) => Ok(n.clone()),
+            None => Err(Ok(format!(
+                "waiting for a live worker with Docker and {} MiB of free memory",
+                d.memory_mb
+            ))),
+        })
+    }
+
+    /// A worker's report on a deployment (stale generations are ignored).
+    pub(super) fn apply_deploy_event(&self, ev: DeployEvent) -> Result<(), OrchestratorError> {
+        let address = self
+            .store
+            .node(&ev.node)?
+            .map(|n| n.address)
+            .filter(|a| !a.is_empty());
+        let updated = self.store.update_deployment(ev.id, |d| {
+            if d.generation != ev.generation
+                || d.node.as_deref() != Some(ev.node.as_str())
+                || !(d.status == DeployStatus::Requested || d.status.is_active())
+            {
+                return false;
+            }
+            d.status = ev.status;
+            d.reason = ev.reason.clone();
+            d.app = ev.app.clone().or(d.app.take());
+            d.port = ev.port.or(d.port);
+            d.commit = ev.commit.clone().or(d.commit.take());
+            d.url = match (ev.status, &address, d.port) {
+                (DeployStatus::Running, Some(a), Some(p)) => {
+                    Some(format!("http://{}:{p}/", host(a)))
+                }
+                _ => None,
+            };
+            d.updated_at = ev.at;
+            true
+        })?;
+        if let Some(d) = updated {
+            tracing::info!(id = %d.id, status = ?d.status, reason = ?d.reason, "deployment changed");
+            self.deployment_changed(&d);
+        }
+        Ok(())
+    }
+
+    /// Deployments of nodes silent past the grace period are placed again elsewhere.
+    pub(super) fn move_lost_apps(&self) -> Result<(), OrchestratorError> {
+        let grace = Duration::from_millis(self.config.orchestrator.grace_ms);
+        let deployments = self.store.deployments()?;
+        for d in deployments {
+            let Some(node) = d.node.clone() else { continue };
+            if !(d.status.is_active() || d.status == DeployStatus::Requested) {
+                continue;
+            }
+            let silent = lock(&self.sched)
+                .live
+                .get(node.as_str())
+                .is_none_or(|l| l.last_seen.elapsed() >= grace);
+            if !silent {
+                continue;
+            }
+            tracing::warn!(id = %d.id, %node, "the node of a deployment went silent; moving it");
+            if let Some(record) = self.store.update_deployment(d.id, |r| {
+                if r.node.as_deref() != Some(node.as_str()) {
+                    return false;
+                }
+                r.status = DeployStatus::Requested;
+                r.reason = Some(format!("moving: node {node} stopped sending heartbeats"));
+                r.node = None;
+                r.url = None;
+                r.updated_at = crate::now_ms();
+                true
+            })? {
+                self.deployment_changed(&record);
+            }
+        }
+        Ok(())
+    }
+
+    fn deployment_changed(&self, d: &DeploymentRecord) {
+        let _ = self.deploy_notices.send(d.clone());
+    }
+
+    /// Changes of deployments, as they happen.
+    pub fn subscribe_deployments(&self) -> tokio::sync::broadcast::Receiver<DeploymentRecord> {
+        self.deploy_notices.subscribe()
+    }
+}
+
+/// An address as the host part of a URL (IPv6 in brackets).
+fn host(address: &str) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_urls_and_branches_are_checked() {
+        for ok in [
+            "http://127.0.0.1:9418/app.git",
+            "https://github.com/KSP-CKAN/NetKAN-Infra",
+            "git://host/repo",
+            "ssh://git@host/repo",
+            "git@github.com:owner/repo.git",
+        ] {
+            assert!(check_git_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "file:///etc",
+            "/srv/repo",
+            "https://",
+            "http://a b",
+            "-uhttp://x",
+        ] {
+            assert!(check_git_url(bad).is_err(), "{bad}");
+        }
+        for ok in ["main", "release/1.2", "feature-x"] {
+            assert!(check_branch(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-f", "a..b", "a b", "x.lock", "a:b", "/x"] {
+            assert!(check_branch(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! App deployments end to end: a real agent (orchestrator and worker), real git repositories
+//! served by `git daemon` on loopback, real image builds and containers on the real dockerd.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A `git daemon` on loopback serving the bare repositories under its root.
+struct GitServer {
+    child: Child,
+    port: u16,
+    root: PathBuf,
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Kraken tests",
+            "-c",
+            "user.email=tests@kraken.invalid",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl GitServer {
+    fn start(root: &Path) -> GitServer {
+        let root = root.join("git");
+        std::fs::create_dir_all(&root).unwrap();
+        let port = free_port(false);
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", root.display()),
+                &root.display().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon starts");
+        wait_until("git daemon listens", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        GitServer { child, port, root }
+    }
+
+    /// Publishes `files` (path, content) as the `main` branch of repository `name`; returns
+    /// its clone URL. Publishing again adds a commit.
+    fn publish(&self, name: &str, files: &[(&str, String)]) -> String {
+        let work = self.root.join(format!("{name}.work"));
+        let bare = self.root.join(format!("{name}.git"));
+        if !bare.exists() {
+            std::fs::create_dir_all(&work).unwrap();
+            git(&work, &["init", "-q", "-b", "main"]);
+            git(
+                &self.root,
+                &["init", "-q", "--bare", "-b", "main", &format!("{name}.git")],
+            );
+        }
+        for (path, content) in files {
+            std::fs::write(work.join(path), content).unwrap();
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "publish"]);
+        git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+        format!("git://127.0.0.1:{}/{name}.git", self.port)
+    }
+}
+
+/// The files of a fixture app, with its manifest's port replaced.
+fn fixture(name: &str, port: u16) -> Vec<(&'static str, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/apps")
+        .join(name);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let file: &'static str = entry.file_name().to_string_lossy().into_owned().leak();
+        let mut text = std::fs::read_to_string(entry.path()).unwrap();
+        if file == "kraken.toml" {
+            text = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("port = ") {
+                        format!("port = {port}")
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        files.push((file, text));
+    }
+    files
+}
+
+const FIELDS: &str = "id status reason node app port url commit generation";
+
+async fn create(client: &kraken::client::Client, git_url: &str, extra: &str) -> Value {
+    let q = format!(
+        "mutation($url: String!) {{ createDeployment(gitUrl: $url{extra}) {{ {FIELDS} }} }}"
+    );
+    let data = client
+        .graphql(&q, json!({ "url": git_url }))
+        .await
+        .unwrap_or_else(|e| panic!("createDeployment {git_url}: {e}"));
+    let d = data["createDeployment"].clone();
+    assert_eq!(d["status"], "REQUESTED", "a new deployment is stored first");
+    d
+}
+
+async fn deployment(client: &kraken::client::Client, id: &str) -> Value {
+    let q = format!("query($id: ID!) {{ deployment(id: $id) {{ {FIELDS} }} }}");
+    client.graphql(&q, json!({ "id": id })).await.unwrap()["deployment"].clone()
+}
+
+/// Waits until a deployment is in one of `states`, returning it.
+async fn wait_status(
+    client: &kraken::client::Client,
+    id: &str,
+    states: &[&str],
+    within: Duration,
+) -> Value {
+    let what = format!("deployment {id} is one of {states:?}");
+    wait_until_async(&what, within, || async {
+        let d = deployment(client, id).await;
+        states
+            .contains(&d["status"].as_str().unwrap_or(""))
+            .then_some(d)
+    })
+    .await
+}
+
+async fn fetch(url: &str) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .ok()?;
+    client.get(url).send().await.ok()?.text().await.ok()
+}
+
+fn containers_of(id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=kraken.deployment={id}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A static site and a Python app, each from its git repository through the mutation, are
+/// built, started, health-checked and served at the URL the API gives; their build and run
+/// output is kept with them; stopping one removes its container and it stops answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_site_and_a_python_app_are_deployed_and_served() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let git = GitServer::start(root.path());
+    let (site_port, py_port) = (free_port(false), free_port(false));
+    let site = git.publish("site", &fixture("static-site", site_port));
+    let py = git.publish("py", &fixture("python", py_port));
+    let orch = Agent::orchestrator(root.path(), 1, &[]);
+    orch.wait_ready(1).await;
+    let client = orch.client();
+
+    let s = create(&client, &site, "").await;
+    let p = create(&client, &py, ", branch: \"main\"").await;
+    let (sid, pid) = (s["id"].as_str().unwrap(), p["id"].as_str().unwrap());
+    let cold = Duration::from_secs(600);
+    let s = wait_status(&client, sid, &["RUNNING", "FAILED"], cold).await;
+    assert_eq!(s["status"], "RUNNING", "static site: {s}");
+    assert_eq!(s["app"], "hello-site");
+    assert_eq!(s["node"], orch.node_id());
+    assert_eq!(s["commit"].as_str().map(str::len), Some(40));
+    let url = s["url"]
+        .as_str()
+        .expect("a running app has a URL")
+        .to_owned();
+    assert!(url.ends_with(&format!(":{site_port}/")), "{url}");
+    let page = fetch(&url).await.expect("the site answers at its URL");
+    assert!(
+        page.contains("hello from a static site, version 1"),
+        "{page}"
+    );
+
+    let p = wait_status(&client, pid, &["RUNNING", "FAILED"], cold).await;
+    assert_eq!(p["status"], "RUNNING", "python app: {p}");
+    let url = p["url"].as_str().unwrap().to_owned();
+    let text = fetch(&url).await.expect("the python app answers");
+    assert_eq!(text.trim(), format!("hello from python on port {py_port}"));
+
+    // build and run output, for the operator
+    let q = "query($id: ID!) { deployment(id: $id) { log { text } } }";
+    let data = client.graphql(q, json!({ "id": pid })).await.unwrap();
+    let log: String = data["deployment"]["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| format!("{}\n", l["text"].as_str().unwrap_or("")))
+        .collect();
+    assert!(log.contains("cloning git://127.0.0.1"), "{log}");
+    assert!(log.contains("healthy"), "{log}");
+
+    // stopped: the container goes and the URL stops answering
+    let q = "mutation($id: ID!) { stopDeployment(id: $id) { status } }";
+    let data = client.graphql(q, json!({ "id": sid })).await.unwrap();
+    assert_eq!(data["stopDeployment"]["status"], "STOPPED");
+    wait_until(
+        "the stopped site's container is gone",
+        Duration::from_secs(30),
+        || containers_of(sid).is_empty().then_some(()),
+    );
+    assert!(fetch(&format!("http://127.0.0.1:{site_port}/"))
+        .await
+        .is_none());
+    assert_eq!(containers_of(pid).len(), 1, "the other app runs on");
+}
+
+/// Each bad deployment ends FAILED with a reason that says what is wrong, and the cluster
+/// runs the good one next to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deployments_fail_with_the_reason() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let git = GitServer::start(root.path());
+    let orch = Agent::orchestrator(root.path(), 1, &[]);
+    orch.wait_ready(1).await;
+    let client = orch.client();
+
+    // refused at once: not a URL a worker may clone, a bad branch, a negative size
+    for (args, says) in [
+        (json!({"url": "file:///etc"}), "not a git URL"),
+        (json!({"url": "/srv/app"}), "not a git URL"),
+    ] {
+        let q = "mutation($url: String!) { createDeployment(gitUrl: $url) { id } }";
+        let err = client.graphql(q, args).await.unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+    let q =
+        "mutation { createDeployment(gitUrl: \"git://127.0.0.1/x.git\", branch: \"a..b\") { id } }";
+    let err = client.graphql(q, json!({})).await.unwrap_err().to_string();
+    assert!(err.contains("not a valid git branch name"), "{err}");
+
+    let port = free_port(false);
+    let no_manifest = git.publish("nomanifest", &[("index.html", "hi".into())]);
+    let mut unknown = fixture("static-site", port);
+    for f in unknown.iter_mut().filter(|f| f.0 == "kraken.toml") {
+        f.1 = f.1.replace("static-site", "cobol");
+    }
+    let unknown = git.publish("unknown", &unknown);
+    let mut failing = fixture("static-site", free_port(false));
+    for f in failing.iter_mut().filter(|f| f.0 == "kraken.toml") {
+        f.1.push_str("\ntest = \"echo the tests fail; exit 3\"\n");
+    }
+    let failing = git.publish("failing", &failing);
+    let dead = format!("git://127.0.0.1:{}/gone.git", free_port(false));
+    let missing = format!("git://127.0.0.1:{}/missing.git", git.port);
+
+    let cases = [
+        (create(&client, &dead, "").await, "cannot clone"),
+        (create(&client, &missing, "").await, "cannot clone"),
+        (create(&client, &no_manifest, "").await, "kraken.toml"),
+        (create(&client, &unknown, "").await, "cobol"),
+        (create(&client, &failing, "").await, "the build failed"),
+        (
+            create(&client, &no_manifest, ", memoryMb: 1000000").await,
+            "the largest node has",
+        ),
+    ];
+    for (d, says) in &cases {
+        let id = d["id"].as_str().unwrap();
+        let d = wait_status(
+            &client,
+            id,
+            &["FAILED", "RUNNING"],
+            Duration::from_secs(600),
+        )
+        .await;
+        assert_eq!(d["status"], "FAILED", "{d}");
+        let reason = d["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(says), "{says:?} not in {reason:?}");
+        assert!(
+            containers_of(id).is_empty(),
+            "nothing left running for {id}"
+        );
+    }
+    // the cluster is fine: a good deployment next to them runs
+    let good = git.publish("good", &fixture("static-site", port));
+    let d = create(&client, &good, "").await;
+    let d = wait_status(
+        &client,
+        d["id"].as_str().unwrap(),
+        &["RUNNING", "FAILED"],
+        Duration::from_secs(600),
+    )
+    .await;
+    assert_eq!(d["status"], "RUNNING", "{d}");
+}
