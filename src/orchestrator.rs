@@ -157,6 +157,8 @@ pub struct Orchestrator {
     wake: Notify,
     notices: broadcast::Sender<JobNotice>,
     deploy_notices: broadcast::Sender<crate::store::DeploymentRecord>,
+    /// Deployments a node should hold but has not listed in its heartbeats, since when.
+    apps_missing: Mutex<HashMap<Uuid, Instant>>,
     nonces: Mutex<HashMap<String, Instant>>,
     /// Whether the work queues were emptied at this orchestrator's first connection.
     purged: std::sync::atomic::AtomicBool,
@@ -254,6 +256,7 @@ impl Orchestrator {
             wake: Notify::new(),
             notices: broadcast::channel(4096).0,
             deploy_notices: broadcast::channel(1024).0,
+            apps_missing: Default::default(),
             nonces: Mutex::new(HashMap::new()),
             purged: Default::default(),
             counters: Counters::default(),
@@ -919,6 +922,7 @@ impl Orchestrator {
             self.wake.notify_one();
         }
         self.reconcile(&hb.node, &hb.stats.running_jobs)?;
+        self.reconcile_apps(&hb.node, &hb.stats.apps)?;
         node.last_seen = hb.sent_at;
         node.slots = hb.slots;
         node.stats = Some(hb.stats);

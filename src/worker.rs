@@ -50,7 +50,9 @@ enum Outgoing {
 /// One deployment this node runs: its generation, what stops it, and its task.
 struct AppSlot {
     generation: u32,
-    cancel: CancellationToken,
+    /// Stops it for good (an operator, or a newer generation); the agent's own shutdown
+    /// leaves a running app running.
+    stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -99,8 +101,10 @@ impl Worker {
     ) {
         let me = self.clone();
         let token = shutdown.clone();
+        let (inner, token0) = (tasks.clone(), shutdown.clone());
         tasks.spawn(async move {
             me.runtime.remove_leftovers().await;
+            me.adopt_apps(&inner, &token0).await;
             if me.settings.slots > 0 {
                 // build the job image up front, so the first job does not pay for it
                 if let Err(error) = me.runtime.ensure_job_image().await {
@@ -235,7 +239,19 @@ impl Worker {
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
     ) {
-        let cancel = shutdown.child_token();
+        self.hold_app(a, None, tasks, shutdown);
+    }
+
+    /// Takes on one deployment generation: a new one to build (`found` is `None`) or an app
+    /// container a previous run of this agent left running.
+    fn hold_app(
+        self: &Arc<Self>,
+        a: DeployAssignment,
+        found: Option<app::Found>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let stop = CancellationToken::new();
         let mut apps = lock(&self.apps);
         let before = match apps.get(&a.id) {
             Some(slot) if slot.generation >= a.generation => {
@@ -246,27 +262,55 @@ impl Worker {
             None => None,
         };
         let me = self.clone();
-        let token = cancel.clone();
+        let token = stop.clone();
+        let shutdown = shutdown.clone();
         let (id, generation) = (a.id, a.generation);
         let done = tasks.spawn(async move {
             if let Some(old) = before {
-                old.cancel.cancel();
+                old.stop.cancel();
                 let _ = old.done.await;
             }
             let span = tracing::info_span!("deployment", id = %a.id, generation = a.generation);
-            tracing::Instrument::instrument(me.run_app(a, token), span).await;
+            tracing::Instrument::instrument(me.run_app(a, found, token, shutdown), span).await;
         });
         apps.insert(
             id,
             AppSlot {
                 generation,
-                cancel,
+                stop,
                 done,
             },
         );
     }
 
-    async fn run_app(self: Arc<Self>, a: DeployAssignment, cancel: CancellationToken) {
+    /// Adopts the app containers a previous run of this agent left running (the
+    /// orchestrator stops those that are no longer wanted when the heartbeats list them),
+    /// and removes those that stopped.
+    async fn adopt_apps(self: &Arc<Self>, tasks: &TaskTracker, shutdown: &CancellationToken) {
+        for f in app::found(&self.runtime, &self.settings.node_id).await {
+            if !f.running {
+                app::remove_found(&self.runtime, &f).await;
+                continue;
+            }
+            tracing::info!(id = %f.id, generation = f.generation, "adopting a running app");
+            let a = DeployAssignment {
+                id: f.id,
+                generation: f.generation,
+                git_url: String::new(),
+                branch: String::new(),
+                memory_mb: 0,
+            };
+            self.hold_app(a, Some(f), tasks, shutdown);
+        }
+    }
+
+    async fn run_app(
+        self: Arc<Self>,
+        a: DeployAssignment,
+        found: Option<app::Found>,
+        stop: CancellationToken,
+        shutdown: CancellationToken,
+    ) {
         let (log_tx, log_rx) = mpsc::unbounded_channel::<LogLine>();
         let batcher = tokio::spawn(batch_logs(self.clone(), a.id, a.generation, log_rx));
         let report = |r: app::Report| {
@@ -296,15 +340,13 @@ impl Worker {
             report: &report,
             log: &log,
         };
-        app::run(
-            &self.runtime,
-            &self.settings.node_id,
-            &work,
-            &a,
-            &sinks,
-            cancel,
-        )
-        .await;
+        match &found {
+            Some(f) => app::adopt(&self.runtime, &a, f, &sinks, stop, shutdown).await,
+            None => {
+                let node = &self.settings.node_id;
+                app::run(&self.runtime, node, &work, &a, &sinks, stop, shutdown).await
+            }
+        }
         drop(log);
         let _ = batcher.await;
         let mut apps = lock(&self.apps);
@@ -322,7 +364,7 @@ impl Worker {
         if apps.get(&id).is_some_and(|s| s.generation <= generation) {
             if let Some(slot) = apps.remove(&id) {
                 tracing::info!(%id, generation, "stopping deployment");
-                slot.cancel.cancel();
+                slot.stop.cancel();
             }
         }
     }
@@ -505,6 +547,10 @@ impl Worker {
             .collect::<HashSet<_>>()
             .into_iter()
             .map(|(id, a)| format!("{id}/{a}"))
+            .collect();
+        stats.apps = lock(&self.apps)
+            .iter()
+            .map(|(id, slot)| format!("{id}/{}", slot.generation))
             .collect();
         Heartbeat {
             node: self.settings.node_id.clone(),

@@ -331,3 +331,106 @@ async fn bad_deployments_fail_with_the_reason() {
     .await;
     assert_eq!(d["status"], "RUNNING", "{d}");
 }
+
+fn remove_containers_of_node(node: &str) {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=kraken.app-node={node}"),
+        ])
+        .output()
+        .unwrap();
+    for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = Command::new("docker").args(["rm", "-f", c]).output();
+    }
+}
+
+/// Two apps on a cluster of two workers land one on each (the least-loaded); the worker of
+/// one is killed (its device powered off: its containers go too) and that app comes back on
+/// the other worker; the orchestrator restarts and adopts the containers still running
+/// instead of starting them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_spread_move_off_a_dead_worker_and_survive_a_restart() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let git = GitServer::start(root.path());
+    let grace = [("KRAKEN_ORCHESTRATOR_GRACE_MS", "3000")];
+    let mut orch = Agent::orchestrator(root.path(), 1, &grace);
+    let mut w1 = Agent::worker(root.path(), "w1", &orch, 1, &grace);
+    orch.wait_ready(2).await;
+    let client = orch.client();
+    let (pa, pb) = (free_port(false), free_port(false));
+    let a = git.publish("a", &fixture("static-site", pa));
+    let b = git.publish("b", &fixture("static-site", pb));
+    let a = create(&client, &a, "").await;
+    let b = create(&client, &b, "").await;
+    let within = Duration::from_secs(600);
+    let a = wait_status(
+        &client,
+        a["id"].as_str().unwrap(),
+        &["RUNNING", "FAILED"],
+        within,
+    )
+    .await;
+    let b = wait_status(
+        &client,
+        b["id"].as_str().unwrap(),
+        &["RUNNING", "FAILED"],
+        within,
+    )
+    .await;
+    assert_eq!(
+        (a["status"].as_str(), b["status"].as_str()),
+        (Some("RUNNING"), Some("RUNNING"))
+    );
+    assert_ne!(a["node"], b["node"], "one app on each worker: {a} {b}");
+
+    // the worker of one of them dies with its containers
+    let (on_w1, on_orch) = if a["node"] == w1.node_id() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let w1_id = w1.node_id();
+    w1.kill9();
+    remove_containers_of_node(&w1_id);
+    let id = on_w1["id"].as_str().unwrap();
+    let moved = wait_until_async("the app is back on the other worker", within, || async {
+        let d = deployment(&client, id).await;
+        (d["status"] == "RUNNING" && d["node"] == orch.node_id()).then_some(d)
+    })
+    .await;
+    assert!(moved["generation"].as_i64() > on_w1["generation"].as_i64());
+    let url = moved["url"].as_str().unwrap();
+    assert!(fetch(url)
+        .await
+        .unwrap()
+        .contains("hello from a static site"));
+
+    // an orchestrator restart adopts what runs
+    let before: Vec<String> = [id, on_orch["id"].as_str().unwrap()]
+        .iter()
+        .flat_map(|id| containers_of(id))
+        .collect();
+    assert_eq!(before.len(), 2);
+    orch.restart();
+    orch.wait_ready(1).await;
+    let client = orch.client();
+    for d in [&moved, &on_orch] {
+        let now = deployment(&client, d["id"].as_str().unwrap()).await;
+        assert_eq!(now["status"], "RUNNING", "{now}");
+        assert_eq!(now["generation"], d["generation"]);
+        assert!(fetch(now["url"].as_str().unwrap()).await.is_some());
+    }
+    // a few heartbeats later, still the same containers: none started again, none stopped
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after: Vec<String> = [id, on_orch["id"].as_str().unwrap()]
+        .iter()
+        .flat_map(|id| containers_of(id))
+        .collect();
+    assert_eq!(before, after, "the running containers were adopted");
+}

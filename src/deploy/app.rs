@@ -84,15 +84,18 @@ struct Made {
     container: Option<String>,
 }
 
-/// Runs one generation of a deployment on this node until `cancel` (stopped, replaced or the
-/// agent stops) or until it fails; everything it made is removed at the end.
+/// Runs one generation of a deployment on this node until `stop` (an operator stopped it or
+/// a newer generation replaces it) or until it fails; what it made is then removed. When
+/// the agent itself stops (`shutdown`), a running app is left running: the agent's next
+/// run adopts it ([`adopt`]).
 pub async fn run(
     rt: &Runtime,
     node: &str,
     work: &Path,
     a: &DeployAssignment,
     sinks: &Sinks<'_>,
-    cancel: CancellationToken,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
 ) {
     let mut made = Made::default();
     let mut known = Report {
@@ -105,17 +108,122 @@ pub async fn run(
     (sinks.report)(known.clone());
     let outcome = tokio::select! {
         r = deploy(rt, node, work, a, sinks, &mut made, &mut known) => r,
-        _ = cancel.cancelled() => Ok(()),
+        _ = stop.cancelled() => Ok(()),
+        _ = shutdown.cancelled() => {
+            if known.status == DeployStatus::Running {
+                tracing::info!(id = %a.id, "the agent stops; the app runs on");
+                return;
+            }
+            Ok(())
+        }
     };
     if let Err(error) = outcome {
-        let reason = error.to_string();
-        (sinks.log)("kraken", format!("deployment failed: {reason}"));
-        tracing::warn!(id = %a.id, generation = a.generation, %reason, "deployment failed");
-        known.status = DeployStatus::Failed;
-        known.reason = Some(reason);
-        (sinks.report)(known);
+        fail(a, sinks, &mut known, error);
     }
     remove(rt, &made).await;
+}
+
+fn fail(a: &DeployAssignment, sinks: &Sinks<'_>, known: &mut Report, error: AppError) {
+    let reason = error.to_string();
+    (sinks.log)("kraken", format!("deployment failed: {reason}"));
+    tracing::warn!(id = %a.id, generation = a.generation, %reason, "deployment failed");
+    known.status = DeployStatus::Failed;
+    known.reason = Some(reason);
+    (sinks.report)(known.clone());
+}
+
+/// An app container a previous run of this agent left running.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub container: String,
+    pub id: uuid::Uuid,
+    pub generation: u32,
+    pub image: String,
+    pub running: bool,
+}
+
+/// This node's app containers (running or not), from their labels.
+pub async fn found(rt: &Runtime, node: &str) -> Vec<Found> {
+    let Ok(d) = rt.docker().await else {
+        return vec![];
+    };
+    let filters = HashMap::from([("label".to_string(), vec![format!("kraken.app-node={node}")])]);
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let Ok(list) = d.list_containers(Some(opts)).await else {
+        return vec![];
+    };
+    list.into_iter()
+        .filter_map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            Some(Found {
+                container: c.id?,
+                id: labels.get("kraken.deployment")?.parse().ok()?,
+                generation: labels.get("kraken.generation")?.parse().ok()?,
+                image: c.image.unwrap_or_default(),
+                running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+            })
+        })
+        .collect()
+}
+
+/// Watches an app a previous run of this agent started, as [`run`] would have: follows its
+/// output, reports it failed when it stops for good, removes it when stopped.
+pub async fn adopt(
+    rt: &Runtime,
+    a: &DeployAssignment,
+    f: &Found,
+    sinks: &Sinks<'_>,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let made = Made {
+        checkout: None,
+        image: Some(f.image.clone()),
+        container: Some(f.container.clone()),
+    };
+    let mut known = Report {
+        status: DeployStatus::Running,
+        reason: None,
+        app: None,
+        port: None,
+        commit: None,
+    };
+    (sinks.log)(
+        "kraken",
+        "adopted the running app after an agent restart".into(),
+    );
+    let watched = async {
+        let d = rt.docker().await?;
+        tokio::select! {
+            r = watch(&d, &f.container) => r,
+            _ = follow_logs(&d, &f.container, sinks) => Ok(()),
+        }
+    };
+    let outcome = tokio::select! {
+        r = watched => r,
+        _ = stop.cancelled() => Ok(()),
+        _ = shutdown.cancelled() => return,
+    };
+    if let Err(error) = outcome {
+        fail(a, sinks, &mut known, error);
+    }
+    remove(rt, &made).await;
+}
+
+/// Removes a container (and its image) nobody holds any more.
+pub async fn remove_found(rt: &Runtime, f: &Found) {
+    remove(
+        rt,
+        &Made {
+            checkout: None,
+            image: Some(f.image.clone()),
+            container: Some(f.container.clone()),
+        },
+    )
+    .await;
 }
 
 async fn remove(rt: &Runtime, made: &Made) {

@@ -293,7 +293,8 @@ impl Orchestrator {
         }
         let mut per_node: std::collections::HashMap<String, u32> = Default::default();
         for other in self.store.deployments()? {
-            if let (true, Some(node)) = (other.status.is_active(), other.node) {
+            let holds = other.status.is_active() || other.status == DeployStatus::Requested;
+            if let (true, Some(node)) = (holds, other.node) {
                 *per_node.entry(node).or_default() += 1;
             }
         }
@@ -386,6 +387,73 @@ impl Orchestrator {
                 }
                 r.status = DeployStatus::Requested;
                 r.reason = Some(format!("moving: node {node} stopped sending heartbeats"));
+                r.node = None;
+                r.url = None;
+                r.updated_at = crate::now_ms();
+                true
+            })? {
+                self.deployment_changed(&record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares the deployments a node lists (`id/generation`) with those it should hold:
+    /// one it holds that is stopped, replaced or placed elsewhere is stopped there; one it
+    /// should hold but has not listed for a grace period (its agent restarted mid-build, say)
+    /// is placed again.
+    pub(super) fn reconcile_apps(
+        &self,
+        node: &str,
+        reported: &[String],
+    ) -> Result<(), OrchestratorError> {
+        let mut listed = std::collections::HashSet::new();
+        for entry in reported {
+            let Some((id, generation)) = entry
+                .split_once('/')
+                .and_then(|(i, g)| Some((i.parse::<Uuid>().ok()?, g.parse::<u32>().ok()?)))
+            else {
+                continue;
+            };
+            listed.insert(id);
+            let wanted = self.store.deployment(id)?.is_some_and(|d| {
+                d.node.as_deref() == Some(node)
+                    && d.generation == generation
+                    && (d.status.is_active() || d.status == DeployStatus::Requested)
+            });
+            if !wanted {
+                if let Some(broker) = self.broker() {
+                    tracing::info!(%id, generation, %node, "a node holds an app nobody wants; stopping it");
+                    let node = node.to_owned();
+                    tokio::spawn(async move {
+                        let msg = WorkRequest::StopDeployment { id, generation };
+                        let _ = broker.publish(&msg, Some(&node)).await;
+                    });
+                }
+            }
+        }
+        let grace = Duration::from_millis(self.config.orchestrator.grace_ms);
+        for d in self.store.deployments()? {
+            let holds = d.node.as_deref() == Some(node)
+                && (d.status.is_active() || d.status == DeployStatus::Requested);
+            let mut missing = lock(&self.apps_missing);
+            if !holds || listed.contains(&d.id) {
+                missing.remove(&d.id);
+                continue;
+            }
+            let since = *missing.entry(d.id).or_insert_with(std::time::Instant::now);
+            if since.elapsed() < grace {
+                continue;
+            }
+            missing.remove(&d.id);
+            drop(missing);
+            tracing::warn!(id = %d.id, %node, "the node does not hold its app; placing it again");
+            if let Some(record) = self.store.update_deployment(d.id, |r| {
+                if r.node.as_deref() != Some(node) || r.generation != d.generation {
+                    return false;
+                }
+                r.status = DeployStatus::Requested;
+                r.reason = Some(format!("placing again: node {node} does not hold it"));
                 r.node = None;
                 r.url = None;
                 r.updated_at = crate::now_ms();

@@ -288,6 +288,9 @@ pub struct NodeStats {
     pub containers: Vec<String>,
     /// Jobs the node is running (`id/attempt`).
     pub running_jobs: Vec<String>,
+    /// Deployments the node holds (`id/generation`), building or running.
+    #[serde(default)]
+    pub apps: Vec<String>,
     pub docker_ok: bool,
 }
 
