@@ -12,9 +12,10 @@ use crate::broker::messages::{
 };
 use crate::broker::{work_queue, Broker};
 use crate::deploy::app;
+use crate::deploy::proxy::Proxies;
 use crate::jobs::{self, JobContext};
 use crate::runtime::{clip_line, Runtime};
-use crate::store::{Isolation, LogLine, NodeStats};
+use crate::store::{DeployStatus, Isolation, LogLine, NodeStats};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,8 @@ pub struct Worker {
     running: Mutex<HashMap<(Uuid, u32), CancellationToken>>,
     /// Deployments running here, by id.
     apps: Mutex<HashMap<Uuid, AppSlot>>,
+    /// The ports the apps here serve on.
+    proxies: Proxies,
     /// Attempts that finished here but whose `Finished` event the broker has not confirmed;
     /// heartbeats list them with the running ones, so the orchestrator never takes a job
     /// that is merely on its way back for lost.
@@ -81,6 +84,7 @@ impl Worker {
             runtime,
             running: Mutex::new(HashMap::new()),
             apps: Mutex::new(HashMap::new()),
+            proxies: Default::default(),
             finishing: Mutex::new(HashSet::new()),
             outbox: Mutex::new(VecDeque::new()),
             outbox_ready: Notify::new(),
@@ -265,13 +269,11 @@ impl Worker {
         let token = stop.clone();
         let shutdown = shutdown.clone();
         let (id, generation) = (a.id, a.generation);
+        // the generation before serves until this one does
         let done = tasks.spawn(async move {
-            if let Some(old) = before {
-                old.stop.cancel();
-                let _ = old.done.await;
-            }
             let span = tracing::info_span!("deployment", id = %a.id, generation = a.generation);
-            tracing::Instrument::instrument(me.run_app(a, found, token, shutdown), span).await;
+            let run = me.run_app(a, found, before, token, shutdown);
+            tracing::Instrument::instrument(run, span).await;
         });
         apps.insert(
             id,
@@ -308,12 +310,32 @@ impl Worker {
         self: Arc<Self>,
         a: DeployAssignment,
         found: Option<app::Found>,
+        before: Option<AppSlot>,
         stop: CancellationToken,
         shutdown: CancellationToken,
     ) {
         let (log_tx, log_rx) = mpsc::unbounded_channel::<LogLine>();
         let batcher = tokio::spawn(batch_logs(self.clone(), a.id, a.generation, log_rx));
+        let serving = CancellationToken::new();
+        // once this generation serves, the one before goes
+        let before = Arc::new(Mutex::new(before));
+        let retire = {
+            let (serving, before) = (serving.clone(), before.clone());
+            tokio::spawn(async move {
+                serving.cancelled().await;
+                let old = lock(&before).take();
+                if let Some(old) = old {
+                    old.stop.cancel();
+                    let _ = old.done.await;
+                }
+            })
+        };
+        let old_generation = lock(&before).as_ref().map(|s| s.generation);
         let report = |r: app::Report| {
+            // a failed redeploy leaves the generation before it serving
+            let serving_before = (r.status == DeployStatus::Failed && !serving.is_cancelled())
+                .then_some(old_generation)
+                .flatten();
             self.send(Outgoing::Deploy(DeployEvent {
                 id: a.id,
                 generation: a.generation,
@@ -324,6 +346,7 @@ impl Worker {
                 app: r.app,
                 port: r.port,
                 commit: r.commit,
+                serving: serving_before,
             }))
         };
         let generation = a.generation;
@@ -339,6 +362,8 @@ impl Worker {
         let sinks = app::Sinks {
             report: &report,
             log: &log,
+            proxies: &self.proxies,
+            serving: serving.clone(),
         };
         match &found {
             Some(f) => app::adopt(&self.runtime, &a, f, &sinks, stop, shutdown).await,
@@ -349,12 +374,21 @@ impl Worker {
         }
         drop(log);
         let _ = batcher.await;
+        retire.abort();
+        let old = lock(&before).take();
         let mut apps = lock(&self.apps);
         if apps
             .get(&a.id)
             .is_some_and(|s| s.generation == a.generation)
         {
             apps.remove(&a.id);
+            // this one failed before it served: the one before it serves on (unless the
+            // deployment was stopped, which took this one out of the map)
+            if let Some(old) = old {
+                apps.insert(a.id, old);
+            }
+        } else if let Some(old) = old {
+            old.stop.cancel();
         }
     }
 

@@ -288,6 +288,19 @@ async fn bad_deployments_fail_with_the_reason() {
         f.1.push_str("\ntest = \"echo the tests fail; exit 3\"\n");
     }
     let failing = git.publish("failing", &failing);
+    // a port something else on the node listens on
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let clash = git.publish("clash", &fixture("static-site", taken_port));
+    // an app that exits at once, every time Docker restarts it
+    let mut crashing = fixture("python", free_port(false));
+    for f in crashing.iter_mut().filter(|f| f.0 == "kraken.toml") {
+        f.1 = f.1.replace(
+            "run = \"python3 app.py\"",
+            "run = \"echo starting; exit 3\"",
+        );
+    }
+    let crashing = git.publish("crashing", &crashing);
     let dead = format!("git://127.0.0.1:{}/gone.git", free_port(false));
     let missing = format!("git://127.0.0.1:{}/missing.git", git.port);
 
@@ -297,6 +310,11 @@ async fn bad_deployments_fail_with_the_reason() {
         (create(&client, &no_manifest, "").await, "kraken.toml"),
         (create(&client, &unknown, "").await, "cobol"),
         (create(&client, &failing, "").await, "the build failed"),
+        (create(&client, &clash, "").await, "already in use"),
+        (
+            create(&client, &crashing, "").await,
+            "kept exiting (code 3)",
+        ),
         (
             create(&client, &no_manifest, ", memoryMb: 1000000").await,
             "the largest node has",
@@ -433,4 +451,94 @@ async fn apps_spread_move_off_a_dead_worker_and_survive_a_restart() {
         .flat_map(|id| containers_of(id))
         .collect();
     assert_eq!(before, after, "the running containers were adopted");
+}
+
+/// A redeploy on a new commit: the new version is built and takes over the app's port only
+/// once healthy, so a client polling the URL throughout never fails; a redeploy whose build
+/// fails leaves the running version serving and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_has_no_downtime_and_a_failed_one_keeps_the_old_version() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let git = GitServer::start(root.path());
+    let port = free_port(false);
+    let files = fixture("static-site", port);
+    let url = git.publish("site", &files);
+    let orch = Agent::orchestrator(root.path(), 1, &[]);
+    orch.wait_ready(1).await;
+    let client = orch.client();
+    let d = create(&client, &url, "").await;
+    let id = d["id"].as_str().unwrap().to_owned();
+    let within = Duration::from_secs(600);
+    let v1 = wait_status(&client, &id, &["RUNNING", "FAILED"], within).await;
+    assert_eq!(v1["status"], "RUNNING", "{v1}");
+    let app_url = v1["url"].as_str().unwrap().to_owned();
+
+    // poll the URL throughout the redeploy
+    let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poller = {
+        let (polling, app_url) = (polling.clone(), app_url.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut v2) = (0u32, 0u32, false);
+            while polling.load(std::sync::atomic::Ordering::Relaxed) {
+                match fetch(&app_url).await {
+                    Some(page) => {
+                        ok += 1;
+                        v2 |= page.contains("version 2");
+                    }
+                    None => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (ok, failed, v2)
+        })
+    };
+    let mut v2_files = files.clone();
+    for f in v2_files.iter_mut().filter(|f| f.0 == "index.html") {
+        f.1 = f.1.replace("version 1", "version 2");
+    }
+    git.publish("site", &v2_files);
+    let q = "mutation($id: ID!) { redeploy(id: $id) { generation } }";
+    client.graphql(q, json!({ "id": id })).await.unwrap();
+    wait_until_async("version 2 serves", within, || async {
+        fetch(&app_url).await.filter(|p| p.contains("version 2"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    polling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, v2) = poller.await.unwrap();
+    assert!(v2 && ok > 10, "the poller saw version 2 ({ok} answers)");
+    assert_eq!(
+        failed, 0,
+        "no request failed during the redeploy ({ok} answered)"
+    );
+    let now = wait_status(&client, &id, &["RUNNING"], within).await;
+    assert_ne!(now["commit"], v1["commit"]);
+    assert_eq!(now["url"], v1["url"], "same URL");
+    wait_until("the old container is gone", Duration::from_secs(30), || {
+        (containers_of(&id).len() == 1).then_some(())
+    });
+
+    // a broken version: the build fails, version 2 serves on
+    let mut broken = v2_files.clone();
+    for f in broken.iter_mut().filter(|f| f.0 == "kraken.toml") {
+        f.1.push_str("\ntest = \"exit 1\"\n");
+    }
+    git.publish("site", &broken);
+    client.graphql(q, json!({ "id": id })).await.unwrap();
+    let kept = wait_until_async("the failed redeploy is reported", within, || async {
+        let d = deployment(&client, &id).await;
+        d["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the new version failed"))
+            .then_some(d)
+    })
+    .await;
+    assert_eq!(kept["status"], "RUNNING", "{kept}");
+    assert!(fetch(&app_url).await.unwrap().contains("version 2"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(containers_of(&id).len(), 1, "version 2 still runs, alone");
+    assert!(fetch(&app_url).await.unwrap().contains("version 2"));
 }

@@ -71,6 +71,9 @@ pub struct DeployEvent {
     pub app: Option<String>,
     pub port: Option<u16>,
     pub commit: Option<String>,
+    /// With a failure of a redeploy: the generation that keeps serving.
+    #[serde(default)]
+    pub serving: Option<u32>,
 }
 
 impl Message for DeployEvent {

@@ -7,6 +7,7 @@
 //! bounded number of crashes, and never the docker socket.
 
 use super::manifest::{Manifest, ManifestError};
+use super::proxy::{Proxies, Proxy, ProxyError};
 use crate::broker::messages::DeployAssignment;
 use crate::runtime::{force_remove, LineSplitter, Runtime, RuntimeError, JOB_UID};
 use crate::store::DeployStatus;
@@ -51,6 +52,8 @@ pub enum AppError {
     Start(String),
     #[error("{0}")]
     Unhealthy(String),
+    #[error("{0}")]
+    Port(#[from] ProxyError),
     #[error("docker: {0}")]
     Docker(#[from] bollard::errors::Error),
     #[error("{0}")]
@@ -69,11 +72,15 @@ pub struct Report {
     pub commit: Option<String>,
 }
 
-/// Where one run of a deployment reports to.
+/// What one run of a deployment reports to and works with.
 pub struct Sinks<'a> {
     pub report: &'a (dyn Fn(Report) + Send + Sync),
     /// `(stream, line)`: `build`, `stdout`, `stderr` or `kraken`.
     pub log: &'a (dyn Fn(&str, String) + Send + Sync),
+    /// The node's app ports.
+    pub proxies: &'a Proxies,
+    /// Cancelled once this generation serves on the app's port (the one before it can go).
+    pub serving: CancellationToken,
 }
 
 /// What was built and started, for cleanup.
@@ -140,6 +147,10 @@ pub struct Found {
     pub generation: u32,
     pub image: String,
     pub running: bool,
+    /// The app's port, name and commit.
+    pub port: Option<u16>,
+    pub app: Option<String>,
+    pub commit: Option<String>,
 }
 
 /// This node's app containers (running or not), from their labels.
@@ -163,6 +174,9 @@ pub async fn found(rt: &Runtime, node: &str) -> Vec<Found> {
                 id: labels.get("kraken.deployment")?.parse().ok()?,
                 generation: labels.get("kraken.generation")?.parse().ok()?,
                 image: c.image.unwrap_or_default(),
+                port: labels.get("kraken.port").and_then(|p| p.parse().ok()),
+                app: labels.get("kraken.app").cloned(),
+                commit: labels.get("kraken.commit").cloned(),
                 running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
             })
         })
@@ -187,9 +201,9 @@ pub async fn adopt(
     let mut known = Report {
         status: DeployStatus::Running,
         reason: None,
-        app: None,
-        port: None,
-        commit: None,
+        app: f.app.clone(),
+        port: f.port,
+        commit: f.commit.clone(),
     };
     (sinks.log)(
         "kraken",
@@ -197,8 +211,14 @@ pub async fn adopt(
     );
     let watched = async {
         let d = rt.docker().await?;
+        let port = f
+            .port
+            .ok_or_else(|| AppError::Start("the container does not say its app's port".into()))?;
+        let proxy = sinks.proxies.get(a.id, port).await?;
+        let backend = healthy(&d, &f.container, port).await?;
+        serve(&proxy, backend, sinks);
         tokio::select! {
-            r = watch(&d, &f.container) => r,
+            r = watch(&d, &f.container, &proxy) => r,
             _ = follow_logs(&d, &f.container, sinks) => Ok(()),
         }
     };
@@ -260,6 +280,8 @@ async fn deploy(
     );
     let commit = clone(&a.git_url, &a.branch, &dir).await?;
     let manifest = Manifest::read(&dir)?;
+    // the app's port is taken before anything is built: a port in use fails at once
+    let proxy = sinks.proxies.get(a.id, manifest.port).await?;
     known.app = Some(manifest.name.clone());
     known.port = Some(manifest.port);
     known.commit = Some(commit.clone());
@@ -294,22 +316,29 @@ async fn deploy(
         a.generation
     );
     force_remove(&d, &name).await;
-    let container = start(&d, node, &name, &tag, &manifest, a).await?;
+    let container = start(&d, node, &name, &tag, &manifest, &commit, a).await?;
     made.container = Some(container.clone());
-    (sinks.log)("kraken", format!("started on port {}", manifest.port));
+    (sinks.log)("kraken", "started; waiting for it to answer HTTP".into());
 
     let logs = follow_logs(&d, &container, sinks);
     let watched = async {
-        healthy(&d, &container, manifest.port).await?;
+        let backend = healthy(&d, &container, manifest.port).await?;
+        serve(&proxy, backend, sinks);
         known.status = DeployStatus::Running;
         (sinks.report)(known.clone());
-        (sinks.log)("kraken", "healthy: answering on its port".into());
-        watch(&d, &container).await
+        watch(&d, &container, &proxy).await
     };
     tokio::select! {
         r = watched => r,
         _ = logs => std::future::pending().await,
     }
+}
+
+/// Points the app's port at this generation's container.
+fn serve(proxy: &Proxy, backend: u16, sinks: &Sinks<'_>) {
+    proxy.point_to(backend);
+    sinks.serving.cancel();
+    (sinks.log)("kraken", format!("healthy: serving on port {}", proxy.port));
 }
 
 /// Clones one branch, shallow, and returns its commit. Git never asks for a password: a
@@ -456,12 +485,15 @@ async fn build(
     Ok(())
 }
 
+/// Creates and starts the container, its port published on loopback at a port Docker
+/// picks (again at each of Docker's restarts of it: see [`backend_port`]).
 async fn start(
     d: &Docker,
     node: &str,
     name: &str,
     image: &str,
     manifest: &Manifest,
+    commit: &str,
     a: &DeployAssignment,
 ) -> Result<String, AppError> {
     let port = format!("{}/tcp", manifest.port);
@@ -480,6 +512,8 @@ async fn start(
             ("kraken.generation".to_string(), a.generation.to_string()),
             ("kraken.app-node".to_string(), node.to_owned()),
             ("kraken.app".to_string(), manifest.name.clone()),
+            ("kraken.port".to_string(), manifest.port.to_string()),
+            ("kraken.commit".to_string(), commit.to_owned()),
         ])),
         host_config: Some(HostConfig {
             memory: Some(memory),
@@ -491,8 +525,8 @@ async fn start(
             port_bindings: Some(HashMap::from([(
                 port,
                 Some(vec![PortBinding {
-                    host_ip: Some("0.0.0.0".into()),
-                    host_port: Some(manifest.port.to_string()),
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(String::new()),
                 }]),
             )])),
             restart_policy: Some(RestartPolicy {
@@ -517,6 +551,16 @@ async fn start(
     Ok(created.id)
 }
 
+/// The loopback port Docker published a container's `port` at.
+async fn backend_port(d: &Docker, container: &str, port: u16) -> Option<u16> {
+    let info = d.inspect_container(container, None).await.ok()?;
+    let ports = info.network_settings?.ports?;
+    let bindings = ports.get(&format!("{port}/tcp"))?.as_ref()?;
+    bindings
+        .iter()
+        .find_map(|b| b.host_port.as_deref()?.parse().ok())
+}
+
 /// Docker's own message, without the status code around it.
 fn docker_message(e: bollard::errors::Error) -> String {
     match e {
@@ -527,23 +571,26 @@ fn docker_message(e: bollard::errors::Error) -> String {
 
 /// Waits until the app answers HTTP on its port (any status: it is up), or fails when the
 /// container gives up or the window passes.
-async fn healthy(d: &Docker, container: &str, port: u16) -> Result<(), AppError> {
+async fn healthy(d: &Docker, container: &str, port: u16) -> Result<u16, AppError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| AppError::Unhealthy(e.to_string()))?;
-    let url = format!("http://127.0.0.1:{port}/");
     let deadline = tokio::time::Instant::now() + HEALTH_WINDOW;
     loop {
         if let Some(reason) = given_up(d, container).await? {
             return Err(AppError::Unhealthy(reason));
         }
-        if client.get(&url).send().await.is_ok() {
-            return Ok(());
+        // published only while the container runs
+        if let Some(backend) = backend_port(d, container, port).await {
+            let url = format!("http://127.0.0.1:{backend}/");
+            if client.get(&url).send().await.is_ok() {
+                return Ok(backend);
+            }
         }
         if tokio::time::Instant::now() > deadline {
             return Err(AppError::Unhealthy(format!(
-                "it did not answer HTTP on port {port} within {} s",
+                "it did not answer HTTP on its port within {} s",
                 HEALTH_WINDOW.as_secs()
             )));
         }
@@ -581,11 +628,18 @@ async fn given_up(d: &Docker, container: &str) -> Result<Option<String>, AppErro
 }
 
 /// Watches a running app until it stops for good.
-async fn watch(d: &Docker, container: &str) -> Result<(), AppError> {
+/// Watches a running app until it stops for good; when Docker restarts it (on another
+/// loopback port), the app's port follows.
+async fn watch(d: &Docker, container: &str, proxy: &Proxy) -> Result<(), AppError> {
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         if let Some(reason) = given_up(d, container).await? {
             return Err(AppError::Unhealthy(reason));
+        }
+        if let Some(backend) = backend_port(d, container, proxy.port).await {
+            if proxy.target() != Some(backend) {
+                proxy.point_to(backend);
+            }
         }
     }
 }

@@ -6,3 +6,4 @@
 
 pub mod app;
 pub mod manifest;
+pub mod proxy;

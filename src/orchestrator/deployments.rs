@@ -102,6 +102,7 @@ impl Orchestrator {
             label: None,
             arch: None,
             avoid: vec![],
+            serving_generation: None,
             created_at: now,
             updated_at: now,
         };
@@ -118,27 +119,75 @@ impl Orchestrator {
             .ok_or(OrchestratorError::NoSuchDeployment(id))
     }
 
-    /// Builds and starts the deployment again (the branch's newest commit) on the
-    /// least-loaded node; the running generation is stopped.
+    /// Builds and starts the deployment again (the branch's newest commit). Where it
+    /// serves on a live node, the new version is built there and takes over the app's port
+    /// only once healthy (no downtime; if it fails the old one serves on); otherwise it is
+    /// placed afresh.
     pub async fn redeploy(&self, id: Uuid) -> Result<DeploymentRecord, OrchestratorError> {
         let old = self.deployment(id)?;
+        let in_place = old
+            .node
+            .as_deref()
+            .filter(|n| self.is_alive(n) && old.serving_generation.is_some())
+            .map(str::to_owned);
         let record = self
             .store
             .update_deployment(id, |d| {
                 d.status = DeployStatus::Requested;
                 d.reason = None;
-                d.node = None;
-                d.url = None;
                 d.avoid.clear();
                 d.updated_at = crate::now_ms();
+                match &in_place {
+                    Some(node) => {
+                        d.generation += 1;
+                        d.node = Some(node.clone());
+                    }
+                    None => {
+                        d.node = None;
+                        d.url = None;
+                        d.serving_generation = None;
+                    }
+                }
                 true
             })?
             .ok_or(OrchestratorError::NoSuchDeployment(id))?;
         self.store.flush().await?;
-        self.tell_to_stop(&old).await;
+        match in_place {
+            Some(node) => self.dispatch(&record, &node).await?,
+            None => {
+                self.tell_to_stop(&old).await;
+                self.wake.notify_one();
+            }
+        }
         self.deployment_changed(&record);
-        self.wake.notify_one();
         Ok(record)
+    }
+
+    /// Sends a committed placement to its node.
+    async fn dispatch(
+        &self,
+        record: &DeploymentRecord,
+        node: &str,
+    ) -> Result<(), OrchestratorError> {
+        let broker = self.broker().ok_or_else(|| {
+            OrchestratorError::Broker(crate::broker::BrokerError::Server(
+                "no broker connection".into(),
+            ))
+        })?;
+        let a = DeployAssignment {
+            id: record.id,
+            generation: record.generation,
+            git_url: record.git_url.clone(),
+            branch: record.branch.clone(),
+            memory_mb: record.memory_mb,
+        };
+        tracing::info!(id = %record.id, %node, generation = record.generation, "placing deployment");
+        broker
+            .send(&WorkRequest::Deploy(a), Some(node))
+            .await?
+            .confirmed()
+            .await?;
+        Ok(())
     }
 
     /// Stops a deployment for good: its container and image are removed.
@@ -177,9 +226,9 @@ impl Orchestrator {
 
     /// Places every `REQUESTED` deployment that has no node yet.
     pub(super) async fn place_deployments(&self) -> Result<(), OrchestratorError> {
-        let Some(broker) = self.broker() else {
+        if self.broker().is_none() {
             return Ok(());
-        };
+        }
         let waiting: Vec<DeploymentRecord> = self
             .store
             .deployments()?
@@ -213,19 +262,7 @@ impl Orchestrator {
             };
             // committed before the worker hears of it: a new leader knows where it went
             self.store.flush().await?;
-            let a = DeployAssignment {
-                id: record.id,
-                generation: record.generation,
-                git_url: record.git_url.clone(),
-                branch: record.branch.clone(),
-                memory_mb: record.memory_mb,
-            };
-            tracing::info!(id = %record.id, node = %node.id, generation = record.generation, "placing deployment");
-            let sent = match broker.send(&WorkRequest::Deploy(a), Some(&node.id)).await {
-                Ok(pending) => pending.confirmed().await,
-                Err(e) => Err(e),
-            };
-            if let Err(error) = sent {
+            if let Err(error) = self.dispatch(&record, &node.id).await {
                 tracing::warn!(%error, id = %record.id, "deployment not dispatched; placing it again");
                 self.store.update_deployment(record.id, |r| {
                     let mine = r.generation == record.generation;
@@ -348,10 +385,22 @@ impl Orchestrator {
             d.app = ev.app.clone().or(d.app.take());
             d.port = ev.port.or(d.port);
             d.commit = ev.commit.clone().or(d.commit.take());
-            d.url = match (ev.status, &address, d.port) {
-                (DeployStatus::Running, Some(a), Some(p)) => {
-                    Some(format!("http://{}:{p}/", host(a)))
+            match (ev.status, ev.serving) {
+                (DeployStatus::Running, _) => d.serving_generation = Some(ev.generation),
+                (DeployStatus::Failed, Some(old)) => {
+                    // a redeploy that failed: the version before it serves on
+                    d.status = DeployStatus::Running;
+                    d.reason = Some(format!(
+                        "the new version failed: {}; the previous one (generation {old}) serves on",
+                        ev.reason.as_deref().unwrap_or("?")
+                    ));
+                    d.serving_generation = Some(old);
                 }
+                (DeployStatus::Failed, None) => d.serving_generation = None,
+                _ => {}
+            }
+            d.url = match (d.serving_generation, &address, d.port) {
+                (Some(_), Some(a), Some(p)) => Some(format!("http://{}:{p}/", host(a))),
                 _ => None,
             };
             d.updated_at = ev.at;
@@ -418,7 +467,7 @@ impl Orchestrator {
             listed.insert(id);
             let wanted = self.store.deployment(id)?.is_some_and(|d| {
                 d.node.as_deref() == Some(node)
-                    && d.generation == generation
+                    && (d.generation == generation || d.serving_generation == Some(generation))
                     && (d.status.is_active() || d.status == DeployStatus::Requested)
             });
             if !wanted {

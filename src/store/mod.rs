@@ -254,6 +254,9 @@ pub struct DeploymentRecord {
     /// Nodes it failed to start on for reasons of the node (tried elsewhere first).
     #[serde(default)]
     pub avoid: Vec<String>,
+    /// The generation that serves on its node now (during a redeploy, the one before).
+    #[serde(default)]
+    pub serving_generation: Option<u32>,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -1,0 +1,117 @@
+//! The app port of each deployment on this node: the agent listens on it (all interfaces)
+//! and forwards every connection to the container that serves now, whose own port is
+//! published on loopback only. A redeploy points the port at the new container once it is
+//! healthy, so the app's URL never stops answering; the old container goes after.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("port {port} is already in use on this node ({why})")]
+    InUse { port: u16, why: String },
+}
+
+/// One listening app port.
+pub struct Proxy {
+    pub port: u16,
+    target: watch::Sender<Option<u16>>,
+    stop: CancellationToken,
+}
+
+impl Proxy {
+    /// Sends new connections to `127.0.0.1:<backend>` from now on.
+    pub fn point_to(&self, backend: u16) {
+        self.target.send_replace(Some(backend));
+    }
+
+    /// Where new connections go now.
+    pub fn target(&self) -> Option<u16> {
+        *self.target.borrow()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The node's app ports, by port; a port stays bound while any generation of its
+/// deployment holds it.
+#[derive(Default)]
+pub struct Proxies {
+    ports: Mutex<HashMap<u16, (Uuid, Weak<Proxy>)>>,
+}
+
+impl Proxies {
+    /// The listening port of deployment `id`, bound when no generation holds it yet.
+    pub async fn get(&self, id: Uuid, port: u16) -> Result<Arc<Proxy>, ProxyError> {
+        {
+            let ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((owner, weak)) = ports.get(&port) {
+                if let Some(p) = weak.upgrade() {
+                    if *owner == id {
+                        return Ok(p);
+                    }
+                    return Err(ProxyError::InUse {
+                        port,
+                        why: format!("deployment {owner} serves on it"),
+                    });
+                }
+            }
+        }
+        let listener =
+            TcpListener::bind(("0.0.0.0", port))
+                .await
+                .map_err(|e| ProxyError::InUse {
+                    port,
+                    why: e.to_string(),
+                })?;
+        let (target, rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, rx, stop.clone()));
+        let proxy = Arc::new(Proxy { port, target, stop });
+        self.ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port, (id, Arc::downgrade(&proxy)));
+        Ok(proxy)
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    target: watch::Receiver<Option<u16>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (mut inbound, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::debug!(%error, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let Some(backend) = *target.borrow() else {
+            continue;
+        };
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", backend)).await else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
