@@ -216,6 +216,8 @@ pub struct OrchestratorConfig {
     pub max_log_lines: u32,
     /// How long a new cluster admits devices without approval, seconds (0: never).
     pub enrollment_secs: u64,
+    /// How often the branches of deployments with `autoRedeploy` are checked, milliseconds.
+    pub app_poll_ms: u64,
 }
 
 impl Default for OrchestratorConfig {
@@ -226,6 +228,7 @@ impl Default for OrchestratorConfig {
             retry_backoff_ms: 1000,
             max_log_lines: 5000,
             enrollment_secs: 600,
+            app_poll_ms: 60_000,
         }
     }
 }

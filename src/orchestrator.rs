@@ -1144,6 +1144,9 @@ impl Orchestrator {
         let me = self.clone();
         let token = shutdown.clone();
         tasks.spawn(async move { me.placement_loop(token).await });
+        let me = self.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move { me.poll_branches(token).await });
     }
 
     async fn placement_loop(&self, shutdown: CancellationToken) {

@@ -542,3 +542,40 @@ async fn a_redeploy_has_no_downtime_and_a_failed_one_keeps_the_old_version() {
     assert_eq!(containers_of(&id).len(), 1, "version 2 still runs, alone");
     assert!(fetch(&app_url).await.unwrap().contains("version 2"));
 }
+
+/// With `autoRedeploy`, a new commit on the branch is deployed by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_commit_is_deployed_by_itself_with_auto_redeploy() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let git = GitServer::start(root.path());
+    let files = fixture("static-site", free_port(false));
+    let url = git.publish("auto", &files);
+    let orch = Agent::orchestrator(
+        root.path(),
+        1,
+        &[("KRAKEN_ORCHESTRATOR_APP_POLL_MS", "1000")],
+    );
+    orch.wait_ready(1).await;
+    let client = orch.client();
+    let d = create(&client, &url, ", autoRedeploy: true").await;
+    let id = d["id"].as_str().unwrap().to_owned();
+    let within = Duration::from_secs(600);
+    let v1 = wait_status(&client, &id, &["RUNNING", "FAILED"], within).await;
+    assert_eq!(v1["status"], "RUNNING", "{v1}");
+    let mut v2 = files.clone();
+    for f in v2.iter_mut().filter(|f| f.0 == "index.html") {
+        f.1 = f.1.replace("version 1", "version 2");
+    }
+    git.publish("auto", &v2);
+    let app_url = v1["url"].as_str().unwrap().to_owned();
+    wait_until_async("the new commit serves", within, || async {
+        fetch(&app_url).await.filter(|p| p.contains("version 2"))
+    })
+    .await;
+    let now = wait_status(&client, &id, &["RUNNING"], within).await;
+    assert_eq!(now["generation"], 2);
+    assert_ne!(now["commit"], v1["commit"]);
+}

@@ -336,6 +336,7 @@ impl Mutation {
         git_url: String,
         #[graphql(default_with = "String::from(\"main\")")] branch: String,
         memory_mb: Option<i32>,
+        #[graphql(default = false)] auto_redeploy: bool,
     ) -> Result<DeploymentView, Error> {
         require_operator(ctx)?;
         let memory_mb = non_negative("memoryMb", memory_mb)?;
@@ -344,6 +345,7 @@ impl Mutation {
                 git_url,
                 branch,
                 memory_mb,
+                auto_redeploy,
             })
             .await?;
         Ok(DeploymentView(d))
@@ -457,6 +459,10 @@ impl DeploymentView {
     }
     async fn memory_mb(&self) -> i32 {
         self.0.memory_mb as i32
+    }
+    /// Whether a new commit on the branch is deployed by itself.
+    async fn auto_redeploy(&self) -> bool {
+        self.0.auto_redeploy
     }
     async fn created_at(&self) -> f64 {
         self.0.created_at as f64

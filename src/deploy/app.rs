@@ -341,6 +341,43 @@ fn serve(proxy: &Proxy, backend: u16, sinks: &Sinks<'_>) {
     (sinks.log)("kraken", format!("healthy: serving on port {}", proxy.port));
 }
 
+/// A git command that never asks for a password (a private repository fails with git's own
+/// message) and dies with its future.
+fn git(args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("git");
+    c.args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "true")
+        .env("SSH_ASKPASS", "true")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+/// The commit a remote branch points at now (`git ls-remote`).
+pub async fn remote_head(url: &str, branch: &str) -> Result<String, String> {
+    if url.starts_with('-') || branch.starts_with('-') {
+        return Err("neither the URL nor the branch may start with '-'".into());
+    }
+    let refname = format!("refs/heads/{branch}");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        git(&["ls-remote", "--", url, &refname]).output(),
+    )
+    .await
+    .map_err(|_| "no answer within 30 s".to_string())?
+    .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("the repository has no branch {branch}"))
+}
+
 /// Clones one branch, shallow, and returns its commit. Git never asks for a password: a
 /// private repository fails with git's own message.
 async fn clone(url: &str, branch: &str, dir: &Path) -> Result<String, AppError> {
@@ -354,17 +391,6 @@ async fn clone(url: &str, branch: &str, dir: &Path) -> Result<String, AppError> 
             "neither the URL nor the branch may start with '-'".into(),
         ));
     }
-    let git = |args: &[&str]| {
-        let mut c = tokio::process::Command::new("git");
-        c.args(args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ASKPASS", "true")
-            .env("SSH_ASKPASS", "true")
-            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        c
-    };
     let dir_s = dir.to_string_lossy().into_owned();
     let out = tokio::time::timeout(
         CLONE_TIMEOUT,

@@ -21,6 +21,7 @@ pub struct DeploymentRequest {
     pub git_url: String,
     pub branch: String,
     pub memory_mb: Option<u64>,
+    pub auto_redeploy: bool,
 }
 
 /// Git URLs a worker may clone: network transports only (a `file://` path would read the
@@ -103,6 +104,7 @@ impl Orchestrator {
             arch: None,
             avoid: vec![],
             serving_generation: None,
+            auto_redeploy: req.auto_redeploy,
             created_at: now,
             updated_at: now,
         };
@@ -512,6 +514,39 @@ impl Orchestrator {
             }
         }
         Ok(())
+    }
+
+    /// Redeploys, every `app_poll_ms`, the running deployments with `autoRedeploy` whose
+    /// branch has moved to another commit.
+    pub(super) async fn poll_branches(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let every = Duration::from_millis(self.config.orchestrator.app_poll_ms.max(1000));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let Ok(deployments) = self.store.deployments() else {
+                continue;
+            };
+            for d in deployments {
+                let watched = d.auto_redeploy
+                    && d.status == DeployStatus::Running
+                    && d.serving_generation == Some(d.generation);
+                let Some(commit) = d.commit.as_deref().filter(|_| watched) else {
+                    continue;
+                };
+                match crate::deploy::app::remote_head(&d.git_url, &d.branch).await {
+                    Ok(head) if head != commit => {
+                        tracing::info!(id = %d.id, %head, "new commit on the branch; redeploying");
+                        if let Err(error) = self.redeploy(d.id).await {
+                            tracing::warn!(%error, id = %d.id, "automatic redeploy failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, id = %d.id, "cannot check the branch"),
+                }
+            }
+        }
     }
 
     fn deployment_changed(&self, d: &DeploymentRecord) {

@@ -257,6 +257,9 @@ pub struct DeploymentRecord {
     /// The generation that serves on its node now (during a redeploy, the one before).
     #[serde(default)]
     pub serving_generation: Option<u32>,
+    /// Whether a new commit on the branch is deployed by itself.
+    #[serde(default)]
+    pub auto_redeploy: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
