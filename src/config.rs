@@ -184,6 +184,9 @@ pub struct WorkerConfig {
     pub docker_host: String,
     /// The image job images build `FROM`.
     pub base_image: String,
+    /// The address app containers publish their port on, for this agent to forward to
+    /// (loopback by default; only the agent's own port for the app is open to the LAN).
+    pub app_backend_address: std::net::IpAddr,
 }
 
 impl Default for WorkerConfig {
@@ -199,6 +202,7 @@ impl Default for WorkerConfig {
             heartbeat_ms: 1000,
             docker_host: String::new(),
             base_image: "debian:bookworm-slim".into(),
+            app_backend_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }

@@ -151,7 +151,12 @@ pub struct Discovery {
     changed: watch::Sender<u64>,
     /// Orchestrators of other clusters already reported as ignored.
     foreign: Mutex<std::collections::HashSet<String>>,
+    /// The apps this node serves, published as `<app>.local` (name → port).
+    apps: Mutex<std::collections::BTreeMap<String, u16>>,
 }
+
+/// The DNS-SD type apps are announced as.
+const HTTP_SERVICE: &str = "_http._tcp.local.";
 
 impl Discovery {
     /// Advertises `me` and browses until `shutdown`.
@@ -179,6 +184,7 @@ impl Discovery {
             devices: Mutex::new((HashMap::new(), HashMap::new())),
             changed: watch::channel(0).0,
             foreign: Mutex::new(Default::default()),
+            apps: Mutex::new(Default::default()),
         });
         me.register()?;
         let events = me.daemon.browse(SERVICE)?;
@@ -194,10 +200,18 @@ impl Discovery {
                 }
             }
             // a goodbye, so the others forget us at once rather than at the TTL
-            let fullname = this.fullname();
-            if let Ok(done) = this.daemon.unregister(&fullname) {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), done.recv_async())
-                    .await;
+            let mut names = vec![this.fullname()];
+            names.extend(
+                lock(&this.apps)
+                    .keys()
+                    .map(|app| format!("{app}.{HTTP_SERVICE}")),
+            );
+            for fullname in names {
+                if let Ok(done) = this.daemon.unregister(&fullname) {
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(1), done.recv_async())
+                            .await;
+                }
             }
             let _ = this.daemon.shutdown();
         });
@@ -237,6 +251,36 @@ impl Discovery {
                 self.note_foreign(&device.advert);
             }
         }
+    }
+
+    /// Publishes exactly `apps` (name → port) as `<name>.local` with an `_http._tcp`
+    /// service each, at this node's addresses; apps no longer served are withdrawn.
+    pub fn publish_apps(&self, apps: &std::collections::BTreeMap<String, u16>) {
+        let mut current = lock(&self.apps);
+        for (name, _) in current.iter().filter(|(n, p)| apps.get(*n) != Some(*p)) {
+            if let Err(error) = self.daemon.unregister(&format!("{name}.{HTTP_SERVICE}")) {
+                tracing::warn!(%error, app = %name, "cannot withdraw the app's mDNS name");
+            }
+        }
+        for (name, port) in apps.iter().filter(|(n, p)| current.get(*n) != Some(*p)) {
+            let published = ServiceInfo::new(
+                HTTP_SERVICE,
+                name,
+                &format!("{name}.local."),
+                "",
+                *port,
+                &[("path", "/")][..],
+            )
+            .map(ServiceInfo::enable_addr_auto)
+            .and_then(|info| self.daemon.register(info));
+            match published {
+                Ok(()) => tracing::info!(app = %name, port, "published {name}.local over mDNS"),
+                Err(error) => {
+                    tracing::warn!(%error, app = %name, "cannot publish the app over mDNS")
+                }
+            }
+        }
+        *current = apps.clone();
     }
 
     /// What this agent advertises.

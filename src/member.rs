@@ -143,6 +143,24 @@ pub async fn run(
     });
     let worker = Worker::new(worker_settings(config, node_id), runtime);
     worker.start(access_rx, shutdown.child_token(), tasks);
+    if let Some(d) = member.discovery.clone() {
+        let mut served = worker.served();
+        let token = shutdown.child_token();
+        tasks.spawn(async move {
+            loop {
+                let names = served
+                    .borrow_and_update()
+                    .values()
+                    .cloned()
+                    .collect::<std::collections::BTreeMap<String, u16>>();
+                d.publish_apps(&names);
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = served.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
     let m = member.clone();
     let token = shutdown.child_token();
     tasks.spawn(async move {

@@ -66,6 +66,8 @@ pub struct Worker {
     apps: Mutex<HashMap<Uuid, AppSlot>>,
     /// The ports the apps here serve on.
     proxies: Proxies,
+    /// The apps serving here: deployment → (name, port), for `<name>.local`.
+    served: watch::Sender<std::collections::BTreeMap<Uuid, (String, u16)>>,
     /// Attempts that finished here but whose `Finished` event the broker has not confirmed;
     /// heartbeats list them with the running ones, so the orchestrator never takes a job
     /// that is merely on its way back for lost.
@@ -80,16 +82,22 @@ impl Worker {
     pub fn new(settings: WorkerSettings, runtime: Arc<Runtime>) -> Arc<Self> {
         Arc::new(Self {
             stats: Mutex::new(StatsReader::new(settings.data_dir.clone())),
+            proxies: Proxies::new(settings.config.worker.app_backend_address),
+            served: watch::channel(Default::default()).0,
             settings,
             runtime,
             running: Mutex::new(HashMap::new()),
             apps: Mutex::new(HashMap::new()),
-            proxies: Default::default(),
             finishing: Mutex::new(HashSet::new()),
             outbox: Mutex::new(VecDeque::new()),
             outbox_ready: Notify::new(),
             broker: watch::channel(None).0,
         })
+    }
+
+    /// The apps serving on this node: deployment → (name, port).
+    pub fn served(&self) -> watch::Receiver<std::collections::BTreeMap<Uuid, (String, u16)>> {
+        self.served.subscribe()
     }
 
     pub fn running_count(&self) -> usize {
@@ -336,6 +344,11 @@ impl Worker {
             let serving_before = (r.status == DeployStatus::Failed && !serving.is_cancelled())
                 .then_some(old_generation)
                 .flatten();
+            if let (DeployStatus::Running, Some(name), Some(port)) = (r.status, &r.app, r.port) {
+                self.served.send_modify(|s| {
+                    s.insert(a.id, (name.clone(), port));
+                });
+            }
             self.send(Outgoing::Deploy(DeployEvent {
                 id: a.id,
                 generation: a.generation,
@@ -377,6 +390,11 @@ impl Worker {
         retire.abort();
         let old = lock(&before).take();
         let mut apps = lock(&self.apps);
+        if old.is_none() && apps.get(&a.id).is_none_or(|s| s.generation == a.generation) {
+            self.served.send_modify(|s| {
+                s.remove(&a.id);
+            });
+        }
         if apps
             .get(&a.id)
             .is_some_and(|s| s.generation == a.generation)

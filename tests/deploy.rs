@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::lan::Lan;
 use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ struct GitServer {
     child: Child,
     port: u16,
     root: PathBuf,
+    address: String,
 }
 
 impl Drop for GitServer {
@@ -44,6 +46,11 @@ fn git(dir: &Path, args: &[&str]) {
 
 impl GitServer {
     fn start(root: &Path) -> GitServer {
+        Self::start_at(root, "127.0.0.1")
+    }
+
+    /// Listening at `address` (a test LAN's bridge, say).
+    fn start_at(root: &Path, address: &str) -> GitServer {
         let root = root.join("git");
         std::fs::create_dir_all(&root).unwrap();
         let port = free_port(false);
@@ -52,7 +59,7 @@ impl GitServer {
                 "daemon",
                 "--reuseaddr",
                 "--export-all",
-                "--listen=127.0.0.1",
+                &format!("--listen={address}"),
                 &format!("--port={port}"),
                 &format!("--base-path={}", root.display()),
                 &root.display().to_string(),
@@ -62,9 +69,14 @@ impl GitServer {
             .spawn()
             .expect("git daemon starts");
         wait_until("git daemon listens", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            std::net::TcpStream::connect((address, port)).ok()
         });
-        GitServer { child, port, root }
+        GitServer {
+            child,
+            port,
+            root,
+            address: address.to_owned(),
+        }
     }
 
     /// Publishes `files` (path, content) as the `main` branch of repository `name`; returns
@@ -86,7 +98,7 @@ impl GitServer {
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-q", "-m", "publish"]);
         git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
-        format!("git://127.0.0.1:{}/{name}.git", self.port)
+        format!("git://{}:{}/{name}.git", self.address, self.port)
     }
 }
 
@@ -578,4 +590,68 @@ async fn a_new_commit_is_deployed_by_itself_with_auto_redeploy() {
     let now = wait_status(&client, &id, &["RUNNING"], within).await;
     assert_eq!(now["generation"], 2);
     assert_ne!(now["commit"], v1["commit"]);
+}
+
+/// On a test LAN (network namespaces, a bridge, real multicast) the app a worker serves is
+/// published as `<app>.local`: a third-party mDNS client (avahi) on another host resolves it
+/// to the worker's address, and the app answers there on its port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_is_reachable_on_the_lan_by_its_name() {
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let mut lan = Lan::new(2);
+    let bridge = lan.bridge_address();
+    let git = GitServer::start_at(lan.root(), &bridge);
+    let url = git.publish("named", &fixture("static-site", 8088));
+    // the containers' ports are published on this machine's bridge address, where the
+    // agent in its namespace reaches them
+    let env = [("KRAKEN_WORKER_APP_BACKEND_ADDRESS", bridge.as_str())];
+    let agent = Agent::on_lan(&lan, 0, 1, &env);
+    agent.wait_ready(1).await;
+    let client = agent.client();
+    let d = create(&client, &url, "").await;
+    let id = d["id"].as_str().unwrap();
+    let d = wait_status(
+        &client,
+        id,
+        &["RUNNING", "FAILED"],
+        Duration::from_secs(600),
+    )
+    .await;
+    assert_eq!(d["status"], "RUNNING", "{d}");
+    assert_eq!(d["url"], format!("http://{}:8088/", lan.ip(0)));
+    let page = fetch(d["url"].as_str().unwrap())
+        .await
+        .expect("the app answers on the LAN");
+    assert!(page.contains("hello from a static site"));
+
+    let bus = lan.start_avahi(1);
+    let resolved = wait_until(
+        "avahi resolves hello-site.local",
+        Duration::from_secs(30),
+        || {
+            let out = lan
+                .command(1, "avahi-resolve")
+                .args(["-4", "-n", "hello-site.local"])
+                .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains(&lan.ip(0)).then_some(text)
+        },
+    );
+    assert!(resolved.starts_with("hello-site.local"), "{resolved}");
+    let browsed = lan
+        .command(1, "avahi-browse")
+        .args(["-rtp", "_http._tcp"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&browsed.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("=;") && l.contains("hello-site") && l.contains(";8088;")),
+        "{text}"
+    );
 }

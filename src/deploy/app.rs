@@ -215,8 +215,9 @@ pub async fn adopt(
             .port
             .ok_or_else(|| AppError::Start("the container does not say its app's port".into()))?;
         let proxy = sinks.proxies.get(a.id, port).await?;
-        let backend = healthy(&d, &f.container, port).await?;
+        let backend = healthy(&d, &f.container, port, sinks.proxies.backend()).await?;
         serve(&proxy, backend, sinks);
+        (sinks.report)(known.clone());
         tokio::select! {
             r = watch(&d, &f.container, &proxy) => r,
             _ = follow_logs(&d, &f.container, sinks) => Ok(()),
@@ -316,13 +317,14 @@ async fn deploy(
         a.generation
     );
     force_remove(&d, &name).await;
-    let container = start(&d, node, &name, &tag, &manifest, &commit, a).await?;
+    let at = sinks.proxies.backend();
+    let container = start(&d, node, &name, &tag, &manifest, &commit, at, a).await?;
     made.container = Some(container.clone());
     (sinks.log)("kraken", "started; waiting for it to answer HTTP".into());
 
     let logs = follow_logs(&d, &container, sinks);
     let watched = async {
-        let backend = healthy(&d, &container, manifest.port).await?;
+        let backend = healthy(&d, &container, manifest.port, sinks.proxies.backend()).await?;
         serve(&proxy, backend, sinks);
         known.status = DeployStatus::Running;
         (sinks.report)(known.clone());
@@ -520,6 +522,7 @@ async fn start(
     image: &str,
     manifest: &Manifest,
     commit: &str,
+    at: std::net::IpAddr,
     a: &DeployAssignment,
 ) -> Result<String, AppError> {
     let port = format!("{}/tcp", manifest.port);
@@ -551,7 +554,7 @@ async fn start(
             port_bindings: Some(HashMap::from([(
                 port,
                 Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
+                    host_ip: Some(at.to_string()),
                     host_port: Some(String::new()),
                 }]),
             )])),
@@ -597,7 +600,12 @@ fn docker_message(e: bollard::errors::Error) -> String {
 
 /// Waits until the app answers HTTP on its port (any status: it is up), or fails when the
 /// container gives up or the window passes.
-async fn healthy(d: &Docker, container: &str, port: u16) -> Result<u16, AppError> {
+async fn healthy(
+    d: &Docker,
+    container: &str,
+    port: u16,
+    at: std::net::IpAddr,
+) -> Result<u16, AppError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -609,7 +617,7 @@ async fn healthy(d: &Docker, container: &str, port: u16) -> Result<u16, AppError
         }
         // published only while the container runs
         if let Some(backend) = backend_port(d, container, port).await {
-            let url = format!("http://127.0.0.1:{backend}/");
+            let url = format!("http://{}/", std::net::SocketAddr::new(at, backend));
             if client.get(&url).send().await.is_ok() {
                 return Ok(backend);
             }

@@ -4,6 +4,7 @@
 //! healthy, so the app's URL never stops answering; the old container goes after.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -24,7 +25,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Sends new connections to `127.0.0.1:<backend>` from now on.
+    /// Sends new connections to the container published at `backend` from now on.
     pub fn point_to(&self, backend: u16) {
         self.target.send_replace(Some(backend));
     }
@@ -43,12 +44,25 @@ impl Drop for Proxy {
 
 /// The node's app ports, by port; a port stays bound while any generation of its
 /// deployment holds it.
-#[derive(Default)]
 pub struct Proxies {
+    /// Where the containers' ports are published.
+    backend: IpAddr,
     ports: Mutex<HashMap<u16, (Uuid, Weak<Proxy>)>>,
 }
 
 impl Proxies {
+    pub fn new(backend: IpAddr) -> Self {
+        Self {
+            backend,
+            ports: Default::default(),
+        }
+    }
+
+    /// The address app containers publish their ports on.
+    pub fn backend(&self) -> IpAddr {
+        self.backend
+    }
+
     /// The listening port of deployment `id`, bound when no generation holds it yet.
     pub async fn get(&self, id: Uuid, port: u16) -> Result<Arc<Proxy>, ProxyError> {
         {
@@ -74,7 +88,7 @@ impl Proxies {
                 })?;
         let (target, rx) = watch::channel(None);
         let stop = CancellationToken::new();
-        tokio::spawn(serve(listener, rx, stop.clone()));
+        tokio::spawn(serve(listener, self.backend, rx, stop.clone()));
         let proxy = Arc::new(Proxy { port, target, stop });
         self.ports
             .lock()
@@ -86,6 +100,7 @@ impl Proxies {
 
 async fn serve(
     listener: TcpListener,
+    backend: IpAddr,
     target: watch::Receiver<Option<u16>>,
     stop: CancellationToken,
 ) {
@@ -100,12 +115,12 @@ async fn serve(
                 }
             },
         };
-        let Some(backend) = *target.borrow() else {
+        let Some(port) = *target.borrow() else {
             continue;
         };
         let stop = stop.clone();
         tokio::spawn(async move {
-            let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", backend)).await else {
+            let Ok(mut outbound) = TcpStream::connect((backend, port)).await else {
                 return;
             };
             tokio::select! {

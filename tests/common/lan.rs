@@ -134,6 +134,11 @@ impl Lan {
         format!("kraken-{}-{i}", self.id)
     }
 
+    /// This machine's own address on the LAN (the bridge's).
+    pub fn bridge_address(&self) -> String {
+        format!("{}.254", self.subnet)
+    }
+
     pub fn ip(&self, i: usize) -> String {
         format!("{}.{}", self.subnet, i + 1)
     }
