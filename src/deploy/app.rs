@@ -318,7 +318,14 @@ async fn deploy(
     );
     force_remove(&d, &name).await;
     let at = sinks.proxies.backend();
-    let container = start(&d, node, &name, &tag, &manifest, &commit, at, a).await?;
+    let launch = Launch {
+        node,
+        name: &name,
+        image: &tag,
+        commit: &commit,
+        at,
+    };
+    let container = start(&d, launch, &manifest, a).await?;
     made.container = Some(container.clone());
     (sinks.log)("kraken", "started; waiting for it to answer HTTP".into());
 
@@ -513,18 +520,31 @@ async fn build(
     Ok(())
 }
 
-/// Creates and starts the container, its port published on loopback at a port Docker
-/// picks (again at each of Docker's restarts of it: see [`backend_port`]).
+/// One app container to create.
+struct Launch<'a> {
+    node: &'a str,
+    name: &'a str,
+    image: &'a str,
+    commit: &'a str,
+    /// Where its port is published (at a port Docker picks).
+    at: std::net::IpAddr,
+}
+
+/// Creates and starts the container, its port published at `l.at` on a port Docker picks
+/// (again at each of Docker's restarts of it: see [`backend_port`]).
 async fn start(
     d: &Docker,
-    node: &str,
-    name: &str,
-    image: &str,
+    l: Launch<'_>,
     manifest: &Manifest,
-    commit: &str,
-    at: std::net::IpAddr,
     a: &DeployAssignment,
 ) -> Result<String, AppError> {
+    let Launch {
+        node,
+        name,
+        image,
+        commit,
+        at,
+    } = l;
     let port = format!("{}/tcp", manifest.port);
     let memory = (a.memory_mb as i64) << 20;
     let mut env = vec![format!("PORT={}", manifest.port)];
