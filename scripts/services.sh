@@ -10,6 +10,7 @@ command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v iptables >/dev/null || need+=(iptables)
 command -v curl >/dev/null || need+=(curl)
+command -v git >/dev/null || need+=(git)
 if ((${#need[@]})); then
     echo "installing ${need[*]}"
     apt-get update -qq

@@ -94,6 +94,20 @@ enum Command {
         #[command(subcommand)]
         command: NetkanCommand,
     },
+    /// Deploy the app of a git repository (its kraken.toml says how) on the cluster.
+    Deploy {
+        git_url: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Memory the app may use, MiB (default 256).
+        #[arg(long)]
+        memory_mb: Option<u32>,
+        /// Deploy new commits of the branch by themselves.
+        #[arg(long)]
+        auto_redeploy: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Apps deployed on the cluster.
     App {
         #[command(subcommand)]
@@ -109,7 +123,34 @@ enum AppCommand {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// List the deployments.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Build the branch's newest commit and switch to it once healthy.
+    Redeploy {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop an app and remove its container and image.
+    Stop {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print an app's build and run output.
+    Logs {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
+
+/// The deployment fields the CLI prints.
+const DEPLOYMENT_FIELDS: &str =
+    "id app status reason node url commit generation gitUrl branch autoRedeploy";
 
 #[derive(Subcommand)]
 enum NodesCommand {
@@ -459,6 +500,54 @@ leader {leader} (term {}), voters {}; {}",
             }
         }
         Command::Job { command } => return job_command(command).await,
+        Command::Deploy {
+            git_url,
+            branch,
+            memory_mb,
+            auto_redeploy,
+            api,
+        } => {
+            let q = format!(
+                "mutation($url: String!, $branch: String!, $mem: Int, $auto: Boolean!) {{ \
+                 createDeployment(gitUrl: $url, branch: $branch, memoryMb: $mem, autoRedeploy: $auto) \
+                 {{ {DEPLOYMENT_FIELDS} }} }}"
+            );
+            let vars = json!({ "url": git_url, "branch": branch, "mem": memory_mb, "auto": auto_redeploy });
+            print(&api.client().graphql(&q, vars).await?["createDeployment"]);
+        }
+        Command::App {
+            command: AppCommand::List { api },
+        } => {
+            let q = format!("{{ deployments {{ {DEPLOYMENT_FIELDS} }} }}");
+            print(&api.client().graphql(&q, json!({})).await?["deployments"]);
+        }
+        Command::App {
+            command: AppCommand::Redeploy { id, api },
+        } => {
+            let q = format!("mutation($id: ID!) {{ redeploy(id: $id) {{ {DEPLOYMENT_FIELDS} }} }}");
+            print(&api.client().graphql(&q, json!({ "id": id })).await?["redeploy"]);
+        }
+        Command::App {
+            command: AppCommand::Stop { id, api },
+        } => {
+            let q = format!(
+                "mutation($id: ID!) {{ stopDeployment(id: $id) {{ {DEPLOYMENT_FIELDS} }} }}"
+            );
+            print(&api.client().graphql(&q, json!({ "id": id })).await?["stopDeployment"]);
+        }
+        Command::App {
+            command: AppCommand::Logs { id, api },
+        } => {
+            let q = "query($id: ID!) { deployment(id: $id) { log { stream text } } }";
+            let data = api.client().graphql(q, json!({ "id": id })).await?;
+            let Some(lines) = data["deployment"]["log"].as_array() else {
+                eprintln!("no deployment {id}");
+                return Ok(std::process::ExitCode::FAILURE);
+            };
+            for l in lines {
+                println!("{}", l["text"].as_str().unwrap_or_default());
+            }
+        }
         Command::App {
             command: AppCommand::Check { dir },
         } => match kraken::deploy::manifest::Manifest::read(&dir) {

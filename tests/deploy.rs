@@ -235,16 +235,50 @@ async fn a_static_site_and_a_python_app_are_deployed_and_served() {
     assert_eq!(text.trim(), format!("hello from python on port {py_port}"));
 
     // build and run output, for the operator
+    // (log lines travel apart from the status: they may come a moment later)
     let q = "query($id: ID!) { deployment(id: $id) { log { text } } }";
-    let data = client.graphql(q, json!({ "id": pid })).await.unwrap();
-    let log: String = data["deployment"]["log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| format!("{}\n", l["text"].as_str().unwrap_or("")))
-        .collect();
+    let log = wait_until_async(
+        "the log says the app is healthy",
+        Duration::from_secs(10),
+        || async {
+            let data = client.graphql(q, json!({ "id": pid })).await.ok()?;
+            let log: String = data["deployment"]["log"]
+                .as_array()?
+                .iter()
+                .map(|l| format!("{}\n", l["text"].as_str().unwrap_or("")))
+                .collect();
+            log.contains("healthy").then_some(log)
+        },
+    )
+    .await;
     assert!(log.contains("cloning git://127.0.0.1"), "{log}");
-    assert!(log.contains("healthy"), "{log}");
+    assert!(
+        log.contains("Step 1/"),
+        "the build's output is there: {log}"
+    );
+
+    // the CLI lists both
+    let out = Command::new(env!("CARGO_BIN_EXE_kraken"))
+        .args([
+            "app",
+            "list",
+            "--api",
+            &orch.url(),
+            "--token",
+            &orch.operator_token(),
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listed.contains("hello-site") && listed.contains("hello-python"),
+        "{listed}"
+    );
 
     // stopped: the container goes and the URL stops answering
     let q = "mutation($id: ID!) { stopDeployment(id: $id) { status } }";

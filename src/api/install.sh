@@ -33,7 +33,11 @@ if [ "${KRAKEN_START:-1}" != 1 ]; then
 fi
 if ! command -v dockerd >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io rabbitmq-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io rabbitmq-server git >/dev/null
+elif ! command -v git >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    # workers clone the apps they deploy
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git >/dev/null
 fi
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     cat >/etc/systemd/system/kraken.service <<UNIT
