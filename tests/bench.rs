@@ -169,6 +169,7 @@ async fn benchmark() {
     drop(orch);
     lan_benchmark(&mut out).await;
     inflate_benchmark(&mut out).await;
+    deploy_benchmark(&mut out).await;
     let path = std::env::var("KRAKEN_BENCH_OUT")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md").into());
     std::fs::write(&path, &out).unwrap();
@@ -510,4 +511,117 @@ fn chrono_like_now() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// App deployments: mutation → RUNNING cold (no image cache) and on a redeploy (warm), the
+/// failed requests of a client polling through a redeploy, and moving an app off a dead
+/// worker.
+async fn deploy_benchmark(out: &mut String) {
+    use common::apps::*;
+    // cold means cold: no app image (nor the layers under it) is left from earlier runs
+    let _ = std::process::Command::new("docker")
+        .args([
+            "image",
+            "prune",
+            "-af",
+            "--filter",
+            "label=kraken.deployment",
+        ])
+        .output();
+    let root = tempfile::tempdir().unwrap();
+    let git = GitServer::start(root.path());
+    let grace_ms = 3000;
+    let env = [("KRAKEN_ORCHESTRATOR_GRACE_MS", "3000")];
+    let orch = Agent::orchestrator(root.path(), 1, &env);
+    let mut w1 = Agent::worker(root.path(), "w1", &orch, 1, &env);
+    orch.wait_ready(2).await;
+    let client = orch.client();
+    let within = Duration::from_secs(900);
+    let _ = writeln!(out, "\n## App deployments\n");
+    let _ = writeln!(out, "One orchestrator and one worker on this machine, repositories served by `git daemon` on loopback; the base image is local (no registry). Cold: no image of the language was cached (the apt layers are built); warm: a redeploy of a new commit while the previous image is there.\n");
+    let _ = writeln!(out, "| app | mutation → RUNNING, cold | redeploy → new version serving, warm | requests failed during the redeploy (polled every 20 ms) |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    let mut running = Vec::new();
+    for (lang, name) in [("static-site", "bench-site"), ("python", "bench-py")] {
+        let mut files = fixture(lang, free_port(false));
+        for f in files.iter_mut().filter(|f| f.0 == "kraken.toml") {
+            f.1 =
+                f.1.replace("hello-site", name)
+                    .replace("hello-python", name);
+        }
+        let url = git.publish(name, &files);
+        let t = Instant::now();
+        let d = create(&client, &url, "").await;
+        let id = d["id"].as_str().unwrap().to_owned();
+        let d = wait_status(&client, &id, &["RUNNING", "FAILED"], within).await;
+        assert_eq!(d["status"], "RUNNING", "{d}");
+        let cold = t.elapsed().as_secs_f64();
+        let app_url = d["url"].as_str().unwrap().to_owned();
+        // redeploy a new commit while a client polls
+        files.push(("version.txt", "2".into()));
+        git.publish(name, &files);
+        let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let poller = {
+            let (polling, app_url) = (polling.clone(), app_url.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while polling.load(std::sync::atomic::Ordering::Relaxed) {
+                    match fetch(&app_url).await {
+                        Some(_) => ok += 1,
+                        None => failed += 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (ok, failed)
+            })
+        };
+        let t = Instant::now();
+        let q = "mutation($id: ID!) { redeploy(id: $id) { generation } }";
+        client.graphql(q, json!({ "id": id })).await.unwrap();
+        wait_until_async("the new version serves", within, || async {
+            let d = deployment(&client, &id).await;
+            (d["status"] == "RUNNING" && d["generation"] == 2 && d["reason"].is_null())
+                .then_some(())
+        })
+        .await;
+        let warm = t.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        polling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = poller.await.unwrap();
+        let _ = writeln!(
+            out,
+            "| {lang} | {cold:.1} s | {warm:.1} s | {failed} of {} |",
+            ok + failed
+        );
+        running.push(id);
+    }
+    // move: the worker holding an app dies with its containers
+    let w1_id = w1.node_id();
+    let mut on_w1 = None;
+    for id in &running {
+        if deployment(&client, id).await["node"] == w1_id {
+            on_w1 = Some(id.clone());
+        }
+    }
+    if let Some(id) = on_w1 {
+        let t = Instant::now();
+        w1.kill9();
+        let _ = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("docker rm -f $(docker ps -aq --filter label=kraken.app-node={w1_id})"),
+            ])
+            .output();
+        wait_until_async("the app runs on the other node", within, || async {
+            let d = deployment(&client, &id).await;
+            (d["status"] == "RUNNING" && d["node"] == orch.node_id()).then_some(())
+        })
+        .await;
+        let _ = writeln!(
+            out,
+            "\nMoving an app off a dead worker (killed with its containers) until it serves on the other: {:.1} s, of which {:.1} s is the grace period before a silent worker counts as dead (`orchestrator.grace_ms`); the rest is the rebuild (warm) and the health check.",
+            t.elapsed().as_secs_f64(),
+            grace_ms as f64 / 1000.0
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! its own data dir and ports, on loopback; a real dockerd and real `rabbitmq-server`s.
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod lan;
 
 use kraken::client::Client;
@@ -384,15 +385,34 @@ impl Drop for Agent {
             for key in ["kraken.node", "kraken.app-node"] {
                 let label = format!("label={key}={}", id.trim());
                 if let Ok(out) = Command::new("docker")
-                    .args(["ps", "-aq", "--filter", &label])
+                    .args([
+                        "ps",
+                        "-a",
+                        "--filter",
+                        &label,
+                        "--format",
+                        "{{.ID}} {{.Image}}",
+                    ])
                     .output()
                 {
-                    for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    for line in String::from_utf8_lossy(&out.stdout).lines() {
+                        let mut parts = line.split_whitespace();
+                        let (Some(c), image) = (parts.next(), parts.next()) else {
+                            continue;
+                        };
                         let _ = Command::new("docker")
                             .args(["rm", "-f", c])
                             .stdout(Stdio::null())
                             .stderr(Stdio::null())
                             .status();
+                        // an app's image goes with it (a job image is shared: it stays)
+                        if let (Some(image), "kraken.app-node") = (image, key) {
+                            let _ = Command::new("docker")
+                                .args(["rmi", "-f", image])
+                                .stdout(Stdio::null())
+                                .stderr(Stdio::null())
+                                .status();
+                        }
                     }
                 }
             }
