@@ -147,8 +147,9 @@ pub struct Found {
     pub generation: u32,
     pub image: String,
     pub running: bool,
-    /// The app's port, name and commit.
+    /// The app's port, name, commit and health-check path.
     pub port: Option<u16>,
+    pub endpoint: Option<String>,
     pub app: Option<String>,
     pub commit: Option<String>,
 }
@@ -176,6 +177,7 @@ pub async fn found(rt: &Runtime, node: &str) -> Vec<Found> {
                 image: c.image.unwrap_or_default(),
                 port: labels.get("kraken.port").and_then(|p| p.parse().ok()),
                 app: labels.get("kraken.app").cloned(),
+                endpoint: labels.get("kraken.endpoint").cloned(),
                 commit: labels.get("kraken.commit").cloned(),
                 running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
             })
@@ -215,7 +217,8 @@ pub async fn adopt(
             .port
             .ok_or_else(|| AppError::Start("the container does not say its app's port".into()))?;
         let proxy = sinks.proxies.get(a.id, port).await?;
-        let backend = healthy(&d, &f.container, port, sinks.proxies.backend()).await?;
+        let endpoint = f.endpoint.as_deref().unwrap_or("/");
+        let backend = healthy(&d, &f.container, port, sinks.proxies.backend(), endpoint).await?;
         serve(&proxy, backend, sinks);
         (sinks.report)(known.clone());
         tokio::select! {
@@ -331,7 +334,8 @@ async fn deploy(
 
     let logs = follow_logs(&d, &container, sinks);
     let watched = async {
-        let backend = healthy(&d, &container, manifest.port, sinks.proxies.backend()).await?;
+        let at = sinks.proxies.backend();
+        let backend = healthy(&d, &container, manifest.port, at, &manifest.endpoint).await?;
         serve(&proxy, backend, sinks);
         known.status = DeployStatus::Running;
         (sinks.report)(known.clone());
@@ -562,6 +566,7 @@ async fn start(
             ("kraken.app-node".to_string(), node.to_owned()),
             ("kraken.app".to_string(), manifest.name.clone()),
             ("kraken.port".to_string(), manifest.port.to_string()),
+            ("kraken.endpoint".to_string(), manifest.endpoint.clone()),
             ("kraken.commit".to_string(), commit.to_owned()),
         ])),
         host_config: Some(HostConfig {
@@ -618,13 +623,14 @@ fn docker_message(e: bollard::errors::Error) -> String {
     }
 }
 
-/// Waits until the app answers HTTP on its port (any status: it is up), or fails when the
-/// container gives up or the window passes.
+/// Waits until the app answers HTTP at its manifest's `endpoint` with anything but a
+/// server error, or fails when the container gives up or the window passes.
 async fn healthy(
     d: &Docker,
     container: &str,
     port: u16,
     at: std::net::IpAddr,
+    endpoint: &str,
 ) -> Result<u16, AppError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -637,8 +643,16 @@ async fn healthy(
         }
         // published only while the container runs
         if let Some(backend) = backend_port(d, container, port).await {
-            let url = format!("http://{}/", std::net::SocketAddr::new(at, backend));
-            if client.get(&url).send().await.is_ok() {
+            let url = format!(
+                "http://{}{endpoint}",
+                std::net::SocketAddr::new(at, backend)
+            );
+            if client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| !r.status().is_server_error())
+            {
                 return Ok(backend);
             }
         }

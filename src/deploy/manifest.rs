@@ -254,6 +254,17 @@ impl Manifest {
 mod tests {
     use super::*;
 
+    /// The example in the docs is a valid app.
+    #[test]
+    fn the_documented_example_app_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/example-app");
+        let m = Manifest::read(&dir).expect("docs/example-app/kraken.toml is valid");
+        assert_eq!(
+            (m.name.as_str(), m.port, m.lang),
+            ("guestbook", 8000, Lang::Python)
+        );
+    }
+
     const GOOD: &str = r#"
 [app]
 name = "hello"
