@@ -1294,43 +1294,34 @@ impl Orchestrator {
     }
 
     async fn consume_deploy_events(&self, broker: &Broker, session: &CancellationToken) {
-        let prefetch = self.config.broker.prefetch;
-        let mut c = match broker.consume::<DeployEvent>("deployments", prefetch).await {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::warn!(%error, "cannot consume deployment events");
-                session.cancel();
-                return;
-            }
-        };
-        loop {
-            let d = tokio::select! {
-                _ = session.cancelled() => return,
-                d = c.next() => d,
-            };
-            let Some(d) = d else {
-                session.cancel();
-                return;
-            };
-            if let Err(error) = self.apply_deploy_event(d.msg.clone()) {
-                tracing::error!(%error, id = %d.msg.id, "cannot apply deployment event");
-            }
-            // acknowledged once durable, like job events
-            if let Err(error) = self.store.flush().await {
-                tracing::error!(%error, "cannot flush deployment events; they will be delivered again");
-                session.cancel();
-                return;
-            }
-            let _ = d.ack().await;
-        }
+        // acknowledged once durable, like job events
+        self.consume_each(broker, session, true, |me, ev: DeployEvent| {
+            me.apply_deploy_event(ev)
+        })
+        .await
     }
 
     async fn consume_logs(&self, broker: &Broker, session: &CancellationToken) {
+        self.consume_each(broker, session, false, |me, batch: LogBatch| {
+            me.apply_logs(batch)
+        })
+        .await
+    }
+
+    /// Applies the messages of `T`'s queue one at a time, acknowledging each once applied
+    /// (and, with `durable`, once committed); ends the session when the queue goes.
+    async fn consume_each<T: crate::broker::messages::Message + Clone>(
+        &self,
+        broker: &Broker,
+        session: &CancellationToken,
+        durable: bool,
+        apply: impl Fn(&Self, T) -> Result<(), OrchestratorError>,
+    ) {
         let prefetch = self.config.broker.prefetch;
-        let mut c = match broker.consume::<LogBatch>("logs", prefetch).await {
+        let mut c = match broker.consume::<T>(T::QUEUE, prefetch).await {
             Ok(c) => c,
             Err(error) => {
-                tracing::warn!(%error, "cannot consume logs");
+                tracing::warn!(%error, queue = T::QUEUE, "cannot consume");
                 session.cancel();
                 return;
             }
@@ -1344,8 +1335,15 @@ impl Orchestrator {
                 session.cancel();
                 return;
             };
-            if let Err(error) = self.apply_logs(d.msg.clone()) {
-                tracing::error!(%error, "cannot store log lines");
+            if let Err(error) = apply(self, d.msg.clone()) {
+                tracing::error!(%error, queue = T::QUEUE, "cannot apply a message");
+            }
+            if durable {
+                if let Err(error) = self.store.flush().await {
+                    tracing::error!(%error, queue = T::QUEUE, "cannot flush; the message will be delivered again");
+                    session.cancel();
+                    return;
+                }
             }
             let _ = d.ack().await;
         }

@@ -4,58 +4,11 @@
 mod common;
 
 use common::*;
-use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Subscribes to `jobEvents` over the websocket and collects events until `done` says so.
-async fn collect_events(
-    url: String,
-    token: String,
-    ready: tokio::sync::oneshot::Sender<()>,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("websocket connects");
-    assert_eq!(
-        resp.headers()
-            .get("Sec-WebSocket-Protocol")
-            .map(|v| v.to_str().unwrap()),
-        Some("graphql-transport-ws")
-    );
-    let init =
-        json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {token}")}});
-    ws.send(Message::Text(init.to_string())).await.unwrap();
-    let ack = ws.next().await.unwrap().unwrap();
-    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
-    let sub = json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { jobEvents { jobId state attempt node } }"}});
-    ws.send(Message::Text(sub.to_string())).await.unwrap();
-    // the server registers the subscription on receipt; give it a moment before jobs start
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = ready.send(());
-    let mut events = Vec::new();
-    while let Some(Ok(msg)) = ws.next().await {
-        let Ok(text) = msg.to_text() else { continue };
-        let v: Value = serde_json::from_str(text).unwrap_or_default();
-        if v["type"] == "next" {
-            events.push(v["payload"]["data"]["jobEvents"].clone());
-            if done(&events) {
-                break;
-            }
-        }
-    }
-    events
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_container_jobs_spread_over_two_workers() {
     if !real_parts_present() {
@@ -73,6 +26,8 @@ async fn forty_container_jobs_spread_over_two_workers() {
     let events = tokio::spawn(collect_events(
         ws_url,
         orch.operator_token(),
+        "subscription { jobEvents { jobId state attempt node } }",
+        "jobEvents",
         ready_tx,
         |evs| evs.iter().filter(|e| e["state"] == "SUCCEEDED").count() >= 40,
     ));

@@ -28,6 +28,19 @@ async fn a_static_site_and_a_python_app_are_deployed_and_served() {
     orch.wait_ready(1).await;
     let client = orch.client();
 
+    // every change of the site, as it happens
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let ws_url = format!("ws://127.0.0.1:{}/graphql/ws", orch.api_port);
+    let events = tokio::spawn(collect_events(
+        ws_url,
+        orch.operator_token(),
+        "subscription { deploymentEvents { id app status } }",
+        "deploymentEvents",
+        ready_tx,
+        |evs| evs.iter().filter(|e| e["status"] == "RUNNING").count() >= 2,
+    ));
+    ready_rx.await.unwrap();
+
     let s = create(&client, &site, "").await;
     let p = create(&client, &py, ", branch: \"main\"").await;
     let (sid, pid) = (s["id"].as_str().unwrap(), p["id"].as_str().unwrap());
@@ -53,6 +66,30 @@ async fn a_static_site_and_a_python_app_are_deployed_and_served() {
     let url = p["url"].as_str().unwrap().to_owned();
     let text = fetch(&url).await.expect("the python app answers");
     assert_eq!(text.trim(), format!("hello from python on port {py_port}"));
+
+    // the subscription saw the site go through its states, in order
+    let events = tokio::time::timeout(Duration::from_secs(30), events)
+        .await
+        .expect("the subscription saw both apps run")
+        .unwrap();
+    let site_states: Vec<&str> = events
+        .iter()
+        .filter(|e| e["id"] == sid)
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    let order = ["REQUESTED", "BUILDING", "STARTING", "RUNNING"];
+    let mut last = 0;
+    for state in &site_states {
+        let at = order
+            .iter()
+            .position(|s| s == state)
+            .expect("a known state");
+        assert!(at >= last, "states in order: {site_states:?}");
+        last = at;
+    }
+    for state in &order[1..] {
+        assert!(site_states.contains(state), "{state} seen: {site_states:?}");
+    }
 
     // build and run output, for the operator
     // (log lines travel apart from the status: they may come a moment later)

@@ -100,9 +100,6 @@ impl Orchestrator {
             commit: None,
             url: None,
             memory_mb,
-            label: None,
-            arch: None,
-            avoid: vec![],
             serving_generation: None,
             auto_redeploy: req.auto_redeploy,
             created_at: now,
@@ -137,7 +134,6 @@ impl Orchestrator {
             .update_deployment(id, |d| {
                 d.status = DeployStatus::Requested;
                 d.reason = None;
-                d.avoid.clear();
                 d.updated_at = crate::now_ms();
                 match &in_place {
                     Some(node) => {
@@ -154,6 +150,8 @@ impl Orchestrator {
             })?
             .ok_or(OrchestratorError::NoSuchDeployment(id))?;
         self.store.flush().await?;
+        // told before the worker can report on it: subscribers see the changes in order
+        self.deployment_changed(&record);
         match in_place {
             Some(node) => self.dispatch(&record, &node).await?,
             None => {
@@ -161,7 +159,6 @@ impl Orchestrator {
                 self.wake.notify_one();
             }
         }
-        self.deployment_changed(&record);
         Ok(record)
     }
 
@@ -264,6 +261,7 @@ impl Orchestrator {
             };
             // committed before the worker hears of it: a new leader knows where it went
             self.store.flush().await?;
+            self.deployment_changed(&record);
             if let Err(error) = self.dispatch(&record, &node.id).await {
                 tracing::warn!(%error, id = %record.id, "deployment not dispatched; placing it again");
                 self.store.update_deployment(record.id, |r| {
@@ -276,7 +274,6 @@ impl Orchestrator {
                 self.store.flush().await?;
                 continue;
             }
-            self.deployment_changed(&record);
         }
         Ok(())
     }
@@ -340,7 +337,7 @@ impl Orchestrator {
         let jobs = self.active_per_node();
         let best = nodes
             .iter()
-            .filter(|n| self.is_alive(&n.id) && !d.avoid.contains(&n.id))
+            .filter(|n| self.is_alive(&n.id))
             .filter(|n| {
                 n.stats.as_ref().is_some_and(|s| {
                     s.docker_ok && s.memory_total_mb.saturating_sub(s.memory_used_mb) >= d.memory_mb
@@ -432,19 +429,8 @@ impl Orchestrator {
                 continue;
             }
             tracing::warn!(id = %d.id, %node, "the node of a deployment went silent; moving it");
-            if let Some(record) = self.store.update_deployment(d.id, |r| {
-                if r.node.as_deref() != Some(node.as_str()) {
-                    return false;
-                }
-                r.status = DeployStatus::Requested;
-                r.reason = Some(format!("moving: node {node} stopped sending heartbeats"));
-                r.node = None;
-                r.url = None;
-                r.updated_at = crate::now_ms();
-                true
-            })? {
-                self.deployment_changed(&record);
-            }
+            let reason = format!("moving: node {node} stopped sending heartbeats");
+            self.place_again(d.id, &node, d.generation, reason)?;
         }
         Ok(())
     }
@@ -499,19 +485,8 @@ impl Orchestrator {
             missing.remove(&d.id);
             drop(missing);
             tracing::warn!(id = %d.id, %node, "the node does not hold its app; placing it again");
-            if let Some(record) = self.store.update_deployment(d.id, |r| {
-                if r.node.as_deref() != Some(node) || r.generation != d.generation {
-                    return false;
-                }
-                r.status = DeployStatus::Requested;
-                r.reason = Some(format!("placing again: node {node} does not hold it"));
-                r.node = None;
-                r.url = None;
-                r.updated_at = crate::now_ms();
-                true
-            })? {
-                self.deployment_changed(&record);
-            }
+            let reason = format!("placing again: node {node} does not hold it");
+            self.place_again(d.id, node, d.generation, reason)?;
         }
         Ok(())
     }
@@ -547,6 +522,31 @@ impl Orchestrator {
                 }
             }
         }
+    }
+
+    /// Puts a deployment that `node` held (at `generation`) back in the queue for placement.
+    fn place_again(
+        &self,
+        id: Uuid,
+        node: &str,
+        generation: u32,
+        reason: String,
+    ) -> Result<(), OrchestratorError> {
+        if let Some(record) = self.store.update_deployment(id, |r| {
+            if r.node.as_deref() != Some(node) || r.generation != generation {
+                return false;
+            }
+            r.status = DeployStatus::Requested;
+            r.reason = Some(reason.clone());
+            r.node = None;
+            r.url = None;
+            r.serving_generation = None;
+            r.updated_at = crate::now_ms();
+            true
+        })? {
+            self.deployment_changed(&record);
+        }
+        Ok(())
     }
 
     fn deployment_changed(&self, d: &DeploymentRecord) {

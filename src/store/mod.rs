@@ -248,12 +248,6 @@ pub struct DeploymentRecord {
     pub url: Option<String>,
     /// Memory it may use, in MiB.
     pub memory_mb: u64,
-    /// A node label it needs (`key=value`), and an architecture (`x86_64`, `aarch64`).
-    pub label: Option<String>,
-    pub arch: Option<String>,
-    /// Nodes it failed to start on for reasons of the node (tried elsewhere first).
-    #[serde(default)]
-    pub avoid: Vec<String>,
     /// The generation that serves on its node now (during a redeploy, the one before).
     #[serde(default)]
     pub serving_generation: Option<u32>,

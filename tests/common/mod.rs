@@ -638,3 +638,54 @@ pub async fn wait_final(client: &Client, ids: &[String], within: Duration) -> Ve
     })
     .await
 }
+
+/// Subscribes over the GraphQL websocket (`graphql-transport-ws`) and collects the `field`
+/// of each event until `done` says so; `ready` fires once the subscription is registered.
+pub async fn collect_events(
+    url: String,
+    token: String,
+    query: &'static str,
+    field: &'static str,
+    ready: tokio::sync::oneshot::Sender<()>,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket connects");
+    assert_eq!(
+        resp.headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some("graphql-transport-ws")
+    );
+    let init =
+        json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {token}")}});
+    ws.send(Message::Text(init.to_string())).await.unwrap();
+    let ack = ws.next().await.unwrap().unwrap();
+    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    let sub = json!({"id": "1", "type": "subscribe", "payload": {"query": query}});
+    ws.send(Message::Text(sub.to_string())).await.unwrap();
+    // the server registers the subscription on receipt; give it a moment before jobs start
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = ready.send(());
+    let mut events = Vec::new();
+    while let Some(Ok(msg)) = ws.next().await {
+        let Ok(text) = msg.to_text() else { continue };
+        let v: Value = serde_json::from_str(text).unwrap_or_default();
+        if v["type"] == "next" {
+            events.push(v["payload"]["data"][field].clone());
+            if done(&events) {
+                break;
+            }
+        }
+    }
+    events
+}
