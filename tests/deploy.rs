@@ -253,18 +253,25 @@ async fn bad_deployments_fail_with_the_reason() {
     assert_eq!(d["status"], "RUNNING", "{d}");
 }
 
+/// What a powered-off device loses here: its app containers and their images (they live on
+/// this machine's shared dockerd).
 fn remove_containers_of_node(node: &str) {
     let out = Command::new("docker")
         .args([
             "ps",
-            "-aq",
+            "-a",
             "--filter",
             &format!("label=kraken.app-node={node}"),
         ])
+        .args(["--format", "{{.ID}} {{.Image}}"])
         .output()
         .unwrap();
-    for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let _ = Command::new("docker").args(["rm", "-f", c]).output();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(c), Some(image)) = (parts.next(), parts.next()) {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+        }
     }
 }
 

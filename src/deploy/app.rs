@@ -46,8 +46,9 @@ pub enum AppError {
     Manifest(#[from] ManifestError),
     #[error("lang = \"dockerfile\" but the repository has no Dockerfile at its root")]
     NoDockerfile,
+    /// The reason, and the last layer the build made.
     #[error("the build failed: {0}")]
-    Build(String),
+    Build(String, Option<String>),
     #[error("cannot start the app: {0}")]
     Start(String),
     #[error("{0}")]
@@ -256,12 +257,37 @@ async fn remove(rt: &Runtime, made: &Made) {
             force_remove(&d, c).await;
         }
         if let Some(image) = &made.image {
-            let opts = RemoveImageOptionsBuilder::new().force(true).build();
-            let _ = d.remove_image(image, Some(opts), None).await;
+            remove_app_image(&d, image).await;
         }
     }
     if let Some(dir) = &made.checkout {
         let _ = tokio::fs::remove_dir_all(dir).await;
+    }
+}
+
+/// Removes an app image (a tag, or the layer a failed build stopped at) and the layers only
+/// it used, from the top down to the one that copied the app in: the language's layers
+/// below stay as the next build's cache, and a layer another image builds on stays too.
+async fn remove_app_image(d: &Docker, image: &str) {
+    let history = d.image_history(image).await.unwrap_or_default();
+    let forced = RemoveImageOptionsBuilder::new().force(true).build();
+    let _ = d.remove_image(image, Some(forced), None).await;
+    if history
+        .first()
+        .is_some_and(|top| top.created_by.contains("COPY"))
+    {
+        return;
+    }
+    for layer in history.iter().skip(1) {
+        if layer.id == "<missing>" || !layer.tags.is_empty() {
+            return;
+        }
+        let plain = RemoveImageOptionsBuilder::new().build();
+        if d.remove_image(&layer.id, Some(plain), None).await.is_err()
+            || layer.created_by.contains("COPY")
+        {
+            return;
+        }
     }
 }
 
@@ -307,7 +333,14 @@ async fn deploy(
         a.generation
     );
     made.image = Some(tag.clone());
-    build(rt, &d, &dir, &manifest, &tag, a, sinks).await?;
+    if let Err(e) = build(rt, &d, &dir, &manifest, &tag, a, sinks).await {
+        // what the failed build left is removed from where it stopped
+        made.image = match &e {
+            AppError::Build(_, Some(layer)) => Some(layer.clone()),
+            _ => None,
+        };
+        return Err(e);
+    }
     let _ = tokio::fs::remove_dir_all(&dir).await;
     made.checkout = None;
 
@@ -501,10 +534,17 @@ async fn build(
         .build();
     let mut stream = d.build_image(opts, None, Some(bollard::body_full(ctx.into())));
     let mut last = Vec::<String>::new();
+    let mut layer: Option<String> = None;
     while let Some(step) = stream.next().await {
-        let step = step.map_err(|e| AppError::Build(e.to_string()))?;
+        let step = step.map_err(|e| AppError::Build(e.to_string(), layer.clone()))?;
         if let Some(text) = step.stream {
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                // the classic builder names each layer it made: ` ---> <id>`
+                if let Some(id) = line.trim().strip_prefix("---> ") {
+                    if id.len() >= 12 && id.chars().all(|c| c.is_ascii_hexdigit()) {
+                        layer = Some(id.to_owned());
+                    }
+                }
                 (sinks.log)("build", line.to_owned());
                 last.push(line.to_owned());
                 if last.len() > 3 {
@@ -515,10 +555,10 @@ async fn build(
         if let Some(detail) = step.error_detail {
             let message = detail.message.unwrap_or_default();
             (sinks.log)("build", message.clone());
-            return Err(AppError::Build(format!(
-                "{message} (last output: {})",
-                last.join(" | ")
-            )));
+            return Err(AppError::Build(
+                format!("{message} (last output: {})", last.join(" | ")),
+                layer,
+            ));
         }
     }
     Ok(())
