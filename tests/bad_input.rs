@@ -67,7 +67,7 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
     let e = gql_err(enqueue_q, json!({"k": "echo", "s": {}, "m": -1})).await;
     assert!(e.contains("maxAttempts must not be negative"), "{e}");
     let e = gql_err("{ job(id: \"not-a-uuid\") { id } }", json!({})).await;
-    assert!(e.contains("is not a job id"), "{e}");
+    assert!(e.contains("`not-a-uuid` is not an id"), "{e}");
 
     // wrong or missing operator token
     let intruder = kraken::client::Client::new(&orch.url(), Some("wrong".into()));
