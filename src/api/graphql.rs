@@ -383,16 +383,7 @@ impl Subscription {
     ) -> Result<impl Stream<Item = JobEventView>, Error> {
         require_read(ctx)?;
         let only = id.as_ref().map(parse_id).transpose()?;
-        let rx = orch(ctx).subscribe();
-        Ok(
-            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |n| {
-                let keep = n
-                    .ok()
-                    .filter(|n| only.is_none_or(|id| id == n.job))
-                    .map(JobEventView);
-                futures::future::ready(keep)
-            }),
-        )
+        Ok(of_one(orch(ctx).subscribe(), only, |n| n.job, JobEventView))
     }
 
     /// Every change of every deployment (or of one): status, node, URL, reason.
@@ -404,16 +395,25 @@ impl Subscription {
         require_read(ctx)?;
         let only = id.as_ref().map(parse_id).transpose()?;
         let rx = orch(ctx).subscribe_deployments();
-        Ok(
-            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |d| {
-                let keep = d
-                    .ok()
-                    .filter(|d| only.is_none_or(|id| id == d.id))
-                    .map(DeploymentView);
-                futures::future::ready(keep)
-            }),
-        )
+        Ok(of_one(rx, only, |d| d.id, DeploymentView))
     }
+}
+
+/// A broadcast as a subscription's stream: every item, or those of one id (`only`); items a
+/// slow subscriber missed are skipped.
+fn of_one<T: Clone + Send + 'static, V>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+    only: Option<Uuid>,
+    id_of: fn(&T) -> Uuid,
+    view: fn(T) -> V,
+) -> impl Stream<Item = V> {
+    tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |item| {
+        let keep = item
+            .ok()
+            .filter(|item| only.is_none_or(|id| id == id_of(item)))
+            .map(view);
+        futures::future::ready(keep)
+    })
 }
 
 pub struct DeploymentView(pub DeploymentRecord);

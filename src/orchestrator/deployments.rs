@@ -9,6 +9,7 @@
 use super::{lock, Orchestrator, OrchestratorError};
 use crate::broker::messages::{DeployAssignment, DeployEvent, WorkRequest};
 use crate::store::{DeployStatus, DeploymentRecord, NodeRecord};
+use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -228,18 +229,24 @@ impl Orchestrator {
         if self.broker().is_none() {
             return Ok(());
         }
-        let waiting: Vec<DeploymentRecord> = self
-            .store
-            .deployments()?
-            .into_iter()
+        let all = self.store.deployments()?;
+        let waiting: Vec<DeploymentRecord> = all
+            .iter()
             .filter(|d| d.status == DeployStatus::Requested && d.node.is_none())
+            .cloned()
             .collect();
         if waiting.is_empty() {
             return Ok(());
         }
         let nodes = self.store.nodes()?;
+        let mut apps_per_node: HashMap<String, u32> = HashMap::new();
+        for d in &all {
+            if let Some(node) = d.holder() {
+                *apps_per_node.entry(node.to_owned()).or_default() += 1;
+            }
+        }
         for d in waiting {
-            let node = match self.pick_app_node(&d, &nodes)? {
+            let node = match self.pick_app_node(&d, &nodes, &apps_per_node) {
                 Ok(node) => node,
                 Err(why) => {
                     self.hold(&d, why).await?;
@@ -261,6 +268,7 @@ impl Orchestrator {
             };
             // committed before the worker hears of it: a new leader knows where it went
             self.store.flush().await?;
+            *apps_per_node.entry(node.id.clone()).or_default() += 1;
             self.deployment_changed(&record);
             if let Err(error) = self.dispatch(&record, &node.id).await {
                 tracing::warn!(%error, id = %record.id, "deployment not dispatched; placing it again");
@@ -315,54 +323,43 @@ impl Orchestrator {
         &self,
         d: &DeploymentRecord,
         nodes: &[NodeRecord],
-    ) -> Result<Result<NodeRecord, Result<String, String>>, OrchestratorError> {
+        apps_per_node: &HashMap<String, u32>,
+    ) -> Result<NodeRecord, Result<String, String>> {
         let largest = nodes
             .iter()
             .filter_map(|n| n.stats.as_ref().map(|s| s.memory_total_mb))
             .max()
             .unwrap_or(0);
         if largest > 0 && d.memory_mb > largest {
-            return Ok(Err(Err(format!(
+            return Err(Err(format!(
                 "it asks for {} MiB of memory; the largest node has {largest} MiB",
                 d.memory_mb
-            ))));
-        }
-        let mut per_node: std::collections::HashMap<String, u32> = Default::default();
-        for other in self.store.deployments()? {
-            let holds = other.status.is_active() || other.status == DeployStatus::Requested;
-            if let (true, Some(node)) = (holds, other.node) {
-                *per_node.entry(node).or_default() += 1;
-            }
+            )));
         }
         let jobs = self.active_per_node();
         let best = nodes
             .iter()
             .filter(|n| self.is_alive(&n.id))
-            .filter(|n| {
-                n.stats.as_ref().is_some_and(|s| {
-                    s.docker_ok && s.memory_total_mb.saturating_sub(s.memory_used_mb) >= d.memory_mb
-                })
+            .filter_map(|n| {
+                let s = n.stats.as_ref().filter(|s| s.docker_ok)?;
+                let free = s.memory_total_mb.saturating_sub(s.memory_used_mb);
+                (free >= d.memory_mb).then_some((n, free))
             })
-            .min_by_key(|n| {
-                let free = n
-                    .stats
-                    .as_ref()
-                    .map(|s| s.memory_total_mb.saturating_sub(s.memory_used_mb))
-                    .unwrap_or(0);
+            .min_by_key(|(n, free)| {
                 (
-                    per_node.get(&n.id).copied().unwrap_or(0),
-                    std::cmp::Reverse(free),
+                    apps_per_node.get(&n.id).copied().unwrap_or(0),
+                    std::cmp::Reverse(*free),
                     jobs.get(&n.id).copied().unwrap_or(0),
                     n.id.clone(),
                 )
             });
-        Ok(match best {
-            Some(n) => Ok(n.clone()),
+        match best {
+            Some((n, _)) => Ok(n.clone()),
             None => Err(Ok(format!(
                 "waiting for a live worker with Docker and {} MiB of free memory",
                 d.memory_mb
             ))),
-        })
+        }
     }
 
     /// A worker's report on a deployment (stale generations are ignored).
@@ -373,10 +370,7 @@ impl Orchestrator {
             .map(|n| n.address)
             .filter(|a| !a.is_empty());
         let updated = self.store.update_deployment(ev.id, |d| {
-            if d.generation != ev.generation
-                || d.node.as_deref() != Some(ev.node.as_str())
-                || !(d.status == DeployStatus::Requested || d.status.is_active())
-            {
+            if d.generation != ev.generation || d.holder() != Some(ev.node.as_str()) {
                 return false;
             }
             d.status = ev.status;
@@ -417,10 +411,9 @@ impl Orchestrator {
         let grace = Duration::from_millis(self.config.orchestrator.grace_ms);
         let deployments = self.store.deployments()?;
         for d in deployments {
-            let Some(node) = d.node.clone() else { continue };
-            if !(d.status.is_active() || d.status == DeployStatus::Requested) {
+            let Some(node) = d.holder().map(str::to_owned) else {
                 continue;
-            }
+            };
             let silent = lock(&self.sched)
                 .live
                 .get(node.as_str())
@@ -454,9 +447,8 @@ impl Orchestrator {
             };
             listed.insert(id);
             let wanted = self.store.deployment(id)?.is_some_and(|d| {
-                d.node.as_deref() == Some(node)
+                d.holder() == Some(node)
                     && (d.generation == generation || d.serving_generation == Some(generation))
-                    && (d.status.is_active() || d.status == DeployStatus::Requested)
             });
             if !wanted {
                 if let Some(broker) = self.broker() {
@@ -471,8 +463,7 @@ impl Orchestrator {
         }
         let grace = Duration::from_millis(self.config.orchestrator.grace_ms);
         for d in self.store.deployments()? {
-            let holds = d.node.as_deref() == Some(node)
-                && (d.status.is_active() || d.status == DeployStatus::Requested);
+            let holds = d.holder() == Some(node);
             let mut missing = lock(&self.apps_missing);
             if !holds || listed.contains(&d.id) {
                 missing.remove(&d.id);

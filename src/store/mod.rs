@@ -258,6 +258,14 @@ pub struct DeploymentRecord {
     pub updated_at: i64,
 }
 
+impl DeploymentRecord {
+    /// The node that holds it, or is to: placed there and neither failed nor stopped.
+    pub fn holder(&self) -> Option<&str> {
+        let held = self.status.is_active() || self.status == DeployStatus::Requested;
+        self.node.as_deref().filter(|_| held)
+    }
+}
+
 /// A node as the orchestrator knows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeRecord {
