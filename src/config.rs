@@ -304,6 +304,39 @@ pub struct NetkanConfig {
     pub inflate_batch: u32,
     /// The game the mods are for.
     pub game_id: String,
+    /// The NetKAN repository's git URL: the orchestrator keeps a checkout of it (at
+    /// `repo_dir`, or `<data_dir>/netkan-repo`), pulled before each scheduled round and
+    /// webhook.
+    pub repo_url: String,
+    /// The metadata repository's git URL (CKAN-meta: `<id>/<id>-<version>.ckan`), where the
+    /// indexer pushes; empty: nothing is indexed.
+    pub meta_url: String,
+    /// `user:token` for http(s) git remotes (sent as basic authorization), or empty.
+    pub git_credentials: String,
+    /// The committer of the indexer's commits.
+    pub git_name: String,
+    pub git_email: String,
+    /// The metadata repository on GitHub (`owner/name`): staged mods become pull requests
+    /// there, through `github.api` with `github.token`.
+    pub meta_github: String,
+    /// The NetKAN repository on GitHub (`owner/name`): `/sd/add` opens pull requests there.
+    pub repo_github: String,
+    /// Seconds between scheduled rounds (every mod that is not frozen); 0: none.
+    pub schedule_secs: u64,
+    /// A round is skipped while more mods than this wait to be inflated.
+    pub schedule_max_queue: u32,
+    /// A round is skipped while GitHub's API allows fewer calls than this.
+    pub schedule_min_rate: u32,
+    /// The secret GitHub signs its webhooks with (`X-Hub-Signature-256`); the GitHub routes
+    /// refuse every request while it is empty.
+    pub webhook_secret: String,
+    /// The archive's S3-like endpoint (the Internet Archive: `https://s3.us.archive.org`);
+    /// empty: nothing is mirrored.
+    pub archive_url: String,
+    pub archive_access: String,
+    pub archive_secret: String,
+    /// The archive collection items go into.
+    pub archive_collection: String,
 }
 
 impl Default for NetkanConfig {
@@ -316,6 +349,21 @@ impl Default for NetkanConfig {
             repo_dir: String::new(),
             inflate_batch: 32,
             game_id: "KSP".into(),
+            repo_url: String::new(),
+            meta_url: String::new(),
+            git_credentials: String::new(),
+            git_name: "Kraken NetKAN".into(),
+            git_email: "netkan@kraken.invalid".into(),
+            meta_github: String::new(),
+            repo_github: String::new(),
+            schedule_secs: 1800,
+            schedule_max_queue: 1000,
+            schedule_min_rate: 1000,
+            webhook_secret: String::new(),
+            archive_url: String::new(),
+            archive_access: String::new(),
+            archive_secret: String::new(),
+            archive_collection: "kspckanmods".into(),
         }
     }
 }
@@ -332,6 +380,18 @@ impl Config {
                 .filter_map(|(_, urls)| urls)
                 .map(|(a, b)| (a.to_owned(), b.to_owned()))
                 .collect(),
+        }
+    }
+
+    /// Where the NetKAN repository is read from: `netkan.repo_dir`, else the checkout of
+    /// `netkan.repo_url` in the data dir; `None` when neither is set.
+    pub fn netkan_repo_dir(&self) -> Option<PathBuf> {
+        if !self.netkan.repo_dir.is_empty() {
+            Some(PathBuf::from(&self.netkan.repo_dir))
+        } else if !self.netkan.repo_url.is_empty() {
+            Some(self.node.data_dir.join("netkan-repo"))
+        } else {
+            None
         }
     }
 
@@ -538,6 +598,37 @@ impl Config {
         }
         if self.netkan.game_id.trim().is_empty() {
             return invalid("netkan.game_id", "must not be empty".into());
+        }
+        for (key, repo) in [
+            ("netkan.meta_github", &self.netkan.meta_github),
+            ("netkan.repo_github", &self.netkan.repo_github),
+        ] {
+            let parts: Vec<&str> = repo.split('/').collect();
+            let ok = repo.is_empty()
+                || (parts.len() == 2
+                    && parts.iter().all(|p| {
+                        !p.is_empty()
+                            && p.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    }));
+            if !ok {
+                return invalid(key, format!("`{repo}` is not `owner/name`"));
+            }
+        }
+        let archive = &self.netkan.archive_url;
+        if !archive.is_empty() && !is_http_url(archive) {
+            return invalid(
+                "netkan.archive_url",
+                format!("`{archive}` is not an http(s) URL"),
+            );
+        }
+        for (key, url) in [
+            ("netkan.repo_url", &self.netkan.repo_url),
+            ("netkan.meta_url", &self.netkan.meta_url),
+        ] {
+            if url.starts_with('-') {
+                return invalid(key, format!("`{url}` is not a git URL"));
+            }
         }
         Ok(())
     }

@@ -22,6 +22,9 @@
 //! - [`netkan`]: the NetKAN inflator (`.netkan` → `.ckan`) and CKAN's version ordering.
 //! - [`api`]: REST + GraphQL (queries, mutations, subscriptions) + `/metrics` + join endpoints.
 //! - [`client`]: the HTTP client the CLI and joining workers use.
+//! - [`git`]: git as a child process that never prompts, and checkouts kept at their remote's tip.
+//! - [`netkan`] also holds the pipeline's pure parts (webhooks, index layout); the orchestrator
+//!   runs the scheduler and the indexer.
 //!
 //! Data flow: operator → `api` → `orchestrator` (stored first, then placed) → AMQP
 //! `work.<node>` → `worker` → `runtime` (container) → AMQP `events`/`logs` → `orchestrator`
@@ -37,6 +40,7 @@ pub mod config;
 pub mod deploy;
 pub mod discovery;
 pub mod enrollment;
+pub mod git;
 pub mod identity;
 pub mod jobs;
 pub mod member;

@@ -9,6 +9,7 @@
 use super::manifest::{Manifest, ManifestError};
 use super::proxy::{Proxies, Proxy, ProxyError};
 use crate::broker::messages::DeployAssignment;
+use crate::git::command as git;
 use crate::runtime::{force_remove, LineSplitter, Runtime, RuntimeError, JOB_UID};
 use crate::store::DeployStatus;
 use bollard::models::{
@@ -385,20 +386,6 @@ fn serve(proxy: &Proxy, backend: u16, sinks: &Sinks<'_>) {
     proxy.point_to(backend);
     sinks.serving.cancel();
     (sinks.log)("kraken", format!("healthy: serving on port {}", proxy.port));
-}
-
-/// A git command that never asks for a password (a private repository fails with git's own
-/// message) and dies with its future.
-fn git(args: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new("git");
-    c.args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "true")
-        .env("SSH_ASKPASS", "true")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    c
 }
 
 /// The commit a remote branch points at now (`git ls-remote`).

@@ -8,10 +8,12 @@
 //! - [`transform`]: the transformer pipeline, in NetKAN's order, and the outcome.
 //! - [`ckan`]: canonical property order, `spec_version`, validation, the output text.
 //! - [`repo`]: a NetKAN repository on disk (`.netkan` files by identifier, frozen mods).
+//! - [`index`]: writing `.ckan` files into a metadata repository checkout (CKAN-meta layout).
 
 pub mod archive;
 pub mod ckan;
 pub mod fetch;
+pub mod index;
 pub mod repo;
 pub mod sources;
 pub mod transform;

@@ -50,15 +50,19 @@ pub enum TreeName {
     Logs,
     Settings,
     Deployments,
+    /// The NetKAN pipeline: mod status (`status/<id>`) and the indexer's queue
+    /// (`index/<job id>`).
+    Netkan,
 }
 
 impl TreeName {
-    const ALL: [TreeName; 5] = [
+    const ALL: [TreeName; 6] = [
         Self::Nodes,
         Self::Jobs,
         Self::Logs,
         Self::Settings,
         Self::Deployments,
+        Self::Netkan,
     ];
 }
 
@@ -266,6 +270,23 @@ impl DeploymentRecord {
     }
 }
 
+/// What the NetKAN pipeline knows of one mod (NetKAN's status page fields; times are
+/// RFC 3339 UTC).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModStatus {
+    pub last_checked: Option<String>,
+    pub last_inflated: Option<String>,
+    pub last_indexed: Option<String>,
+    pub last_downloaded: Option<String>,
+    pub last_error: Option<String>,
+    pub last_warnings: Option<String>,
+    pub release_date: Option<String>,
+    pub success: bool,
+    pub frozen: bool,
+    #[serde(default)]
+    pub resources: serde_json::Map<String, serde_json::Value>,
+}
+
 /// A node as the orchestrator knows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -321,8 +342,9 @@ pub struct Store {
     logs: sled::Tree,
     settings: sled::Tree,
     deployments: sled::Tree,
+    netkan: sled::Tree,
     /// The state machine's copies, by [`TreeName`] order.
-    replica: [sled::Tree; 5],
+    replica: [sled::Tree; 6],
     raft_log: sled::Tree,
     raft_meta: sled::Tree,
     db: sled::Db,
@@ -386,12 +408,14 @@ impl Store {
             logs: db.open_tree("logs")?,
             settings: db.open_tree("settings")?,
             deployments: db.open_tree("deployments")?,
+            netkan: db.open_tree("netkan")?,
             replica: [
                 db.open_tree("r_nodes")?,
                 db.open_tree("r_jobs")?,
                 db.open_tree("r_logs")?,
                 db.open_tree("r_settings")?,
                 db.open_tree("r_deployments")?,
+                db.open_tree("r_netkan")?,
             ],
             raft_log: db.open_tree("raft_log")?,
             raft_meta: db.open_tree("raft_meta")?,
@@ -408,6 +432,7 @@ impl Store {
             TreeName::Logs => &self.logs,
             TreeName::Settings => &self.settings,
             TreeName::Deployments => &self.deployments,
+            TreeName::Netkan => &self.netkan,
         }
     }
 
@@ -678,6 +703,78 @@ impl Store {
                 decode(&k, &v)
             })
             .collect()
+    }
+
+    /// One mod's pipeline status.
+    pub fn mod_status(&self, id: &str) -> Result<Option<ModStatus>, StoreError> {
+        get(&self.netkan, &format!("status/{id}"))
+    }
+
+    /// Every mod's status, by identifier.
+    pub fn mod_statuses(&self) -> Result<Vec<(String, ModStatus)>, StoreError> {
+        self.netkan
+            .scan_prefix(b"status/")
+            .map(|kv| {
+                let (k, v) = kv?;
+                let id = String::from_utf8_lossy(&k["status/".len()..]).into_owned();
+                Ok((id, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Changes one mod's status (a default one when it has none); returns the new status.
+    /// Only the pipeline's single writer (the orchestrator) calls it.
+    pub fn update_mod_status(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut ModStatus),
+    ) -> Result<ModStatus, StoreError> {
+        let mut status = self.mod_status(id)?.unwrap_or_default();
+        change(&mut status);
+        self.put(
+            TreeName::Netkan,
+            format!("status/{id}").as_bytes(),
+            encode(&status)?,
+        )?;
+        Ok(status)
+    }
+
+    /// Puts an entry on the indexer's queue (keys are time-ordered job ids).
+    pub fn push_index<T: Serialize>(&self, job: Uuid, entry: &T) -> Result<(), StoreError> {
+        let mut key = b"index/".to_vec();
+        key.extend_from_slice(job.as_bytes());
+        self.put(TreeName::Netkan, &key, encode(entry)?)
+    }
+
+    /// The oldest entry of the indexer's queue.
+    pub fn next_index<T: for<'de> Deserialize<'de>>(
+        &self,
+    ) -> Result<Option<(Uuid, T)>, StoreError> {
+        let Some(kv) = self.netkan.scan_prefix(b"index/").next() else {
+            return Ok(None);
+        };
+        let (k, v) = kv?;
+        let id = Uuid::from_slice(&k["index/".len()..]).unwrap_or_default();
+        Ok(Some((id, decode(&k, &v)?)))
+    }
+
+    /// Entries waiting on the indexer's queue.
+    pub fn index_depth(&self) -> usize {
+        self.netkan.scan_prefix(b"index/").count()
+    }
+
+    /// Takes an entry off the indexer's queue.
+    pub fn pop_index(&self, job: Uuid) -> Result<(), StoreError> {
+        let mut key = b"index/".to_vec();
+        key.extend_from_slice(job.as_bytes());
+        let mut rec = self.recording();
+        self.netkan.remove(&key)?;
+        rec.record([Op {
+            tree: TreeName::Netkan,
+            key,
+            value: None,
+        }]);
+        Ok(())
     }
 
     /// Appends log lines of a job, keeping at most `keep` lines (the oldest go first).
