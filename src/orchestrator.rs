@@ -13,7 +13,6 @@ use crate::config::Config;
 use crate::enrollment::{Admission, EnrollRequest, Enrollment, EnrollmentError, PendingDevice};
 use crate::identity;
 use crate::jobs::{self, JobError};
-use crate::netkan::repo::NetkanRepo;
 use crate::store::{
     Attempt, Isolation, JobRecord, JobState, Limits, LogLine, NodeRecord, Store, StoreError,
 };
@@ -28,7 +27,9 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 mod deployments;
+mod pipeline;
 pub use deployments::{DeploymentRequest, DEFAULT_APP_MEMORY_MB};
+pub use pipeline::{ModNotice, PipelineCounters, Round, SCHEDULED_PRIORITY, WEBHOOK_PRIORITY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
@@ -50,6 +51,8 @@ pub enum OrchestratorError {
     AlreadyFinal { id: Uuid, state: &'static str },
     #[error(transparent)]
     Enrollment(#[from] EnrollmentError),
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
 }
 
 /// What an operator asks for when enqueueing a job.
@@ -165,6 +168,8 @@ pub struct Orchestrator {
     pub counters: Counters,
     /// Admission of devices without a token.
     pub enrollment: Enrollment,
+    /// The NetKAN pipeline's state.
+    pub pipeline: pipeline::Pipeline,
 }
 
 /// What an enrolling device is told.
@@ -261,6 +266,7 @@ impl Orchestrator {
             purged: Default::default(),
             counters: Counters::default(),
             enrollment,
+            pipeline: Default::default(),
         }))
     }
 
@@ -468,54 +474,6 @@ impl Orchestrator {
         self.notify(&job);
         self.wake.notify_one();
         Ok(job)
-    }
-
-    /// Queues `inflate` jobs for mods of the configured NetKAN repository, in batches of
-    /// `batch` mods (`netkan.inflate_batch` by default); every mod must exist and not be
-    /// frozen, or nothing is queued.
-    pub async fn enqueue_inflate(
-        &self,
-        identifiers: &[String],
-        priority: i32,
-        batch: Option<usize>,
-    ) -> Result<Vec<JobRecord>, OrchestratorError> {
-        let n = &self.config.netkan;
-        if n.repo_dir.is_empty() {
-            return Err(OrchestratorError::Invalid(
-                "no NetKAN repository is configured (netkan.repo_dir)".into(),
-            ));
-        }
-        if identifiers.is_empty() || identifiers.len() > MAX_INFLATE {
-            return Err(OrchestratorError::Invalid(format!(
-                "give 1 to {MAX_INFLATE} identifiers, got {}",
-                identifiers.len()
-            )));
-        }
-        let repo = NetkanRepo::open(std::path::Path::new(&n.repo_dir))
-            .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
-        let mods = repo
-            .read(identifiers)
-            .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
-        let batch = crate::jobs::inflate::check_batch(batch.unwrap_or(n.inflate_batch as usize))
-            .map_err(|why| OrchestratorError::Invalid(format!("batch {why}")))?;
-        // a mod may take a while to download; the batch's limit grows with its size
-        let timeout = self
-            .config
-            .worker
-            .job_timeout_secs
-            .max(INFLATE_SECS_PER_MOD * batch as u64);
-        let mut jobs = Vec::new();
-        for spec in crate::jobs::inflate::specs(&mods, batch, &n.game_id) {
-            let req = JobRequest {
-                kind: "inflate".into(),
-                spec: Some(spec),
-                priority,
-                timeout_secs: Some(timeout),
-                ..Default::default()
-            };
-            jobs.push(self.enqueue(req).await?);
-        }
-        Ok(jobs)
     }
 
     /// Cancels a job that has not finished.
@@ -887,6 +845,9 @@ impl Orchestrator {
             lock(&self.sched).active.remove(&id);
             self.notify(&job);
             self.wake.notify_one();
+            if job.kind == "inflate" && job.state == JobState::Succeeded {
+                self.inflate_finished(&job)?;
+            }
         }
         Ok(())
     }
@@ -1147,6 +1108,12 @@ impl Orchestrator {
         let me = self.clone();
         let token = shutdown.clone();
         tasks.spawn(async move { me.poll_branches(token).await });
+        let me = self.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move { me.scheduler_loop(token).await });
+        let me = self.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move { me.indexer_loop(token).await });
     }
 
     async fn placement_loop(&self, shutdown: CancellationToken) {

@@ -1,13 +1,14 @@
 //! The GraphQL schema: queries over nodes, jobs and deployments, the `enqueueJob`,
 //! `enqueueInflate`, `cancelJob`, `createDeployment`, `redeploy` and `stopDeployment`
-//! mutations (operator token), and the `jobEvents` and `deploymentEvents` subscriptions.
+//! mutations (operator token), the NetKAN pipeline's `netkanStatus` and `netkanPipeline`, and
+//! the `jobEvents`, `deploymentEvents` and `netkanStatusEvents` subscriptions.
 
 use crate::cluster::Cluster;
 use crate::discovery::{Discovery, Role};
 use crate::orchestrator::{DeploymentRequest, JobNotice, JobRequest, Orchestrator};
 use crate::store::{
-    Attempt, DeployStatus, DeploymentRecord, Isolation, JobRecord, JobState, LogLine, NodeRecord,
-    NodeStats,
+    Attempt, DeployStatus, DeploymentRecord, Isolation, JobRecord, JobState, LogLine, ModStatus,
+    NodeRecord, NodeStats,
 };
 use async_graphql::{Context, Error, Json, Object, Schema, SimpleObject, Subscription, ID};
 use futures::{Stream, StreamExt};
@@ -143,6 +144,44 @@ impl Query {
         require_read(ctx)?;
         let id = parse_id(&id)?;
         Ok(orch(ctx).store().deployment(id)?.map(DeploymentView))
+    }
+
+    /// The NetKAN pipeline's status of every mod (or of one), optionally only those
+    /// failing, frozen, or not inflated for `staleHours` (48 by default).
+    async fn netkan_status(
+        &self,
+        ctx: &Context<'_>,
+        identifier: Option<String>,
+        filter: Option<ModFilter>,
+        stale_hours: Option<i32>,
+    ) -> Result<Vec<ModStatusView>, Error> {
+        require_read(ctx)?;
+        let hours = non_negative("staleHours", stale_hours)?.unwrap_or(48);
+        let cutoff = crate::rfc3339(crate::now_ms() - (hours as i64).saturating_mul(3_600_000));
+        let keep = |s: &ModStatus| match filter {
+            None => true,
+            Some(ModFilter::Failing) => !s.success && s.last_checked.is_some(),
+            Some(ModFilter::Frozen) => s.frozen,
+            Some(ModFilter::Stale) => {
+                !s.frozen
+                    && s.last_inflated
+                        .as_deref()
+                        .is_none_or(|t| t < cutoff.as_str())
+            }
+        };
+        Ok(orch(ctx)
+            .store()
+            .mod_statuses()?
+            .into_iter()
+            .filter(|(id, s)| identifier.as_ref().is_none_or(|only| only == id) && keep(s))
+            .map(|(identifier, status)| ModStatusView { identifier, status })
+            .collect())
+    }
+
+    /// The NetKAN pipeline's queues and counts since this orchestrator started.
+    async fn netkan_pipeline(&self, ctx: &Context<'_>) -> Result<PipelineView, Error> {
+        require_read(ctx)?;
+        Ok(PipelineView::of(orch(ctx)))
     }
 
     async fn cluster(&self, ctx: &Context<'_>) -> Result<ClusterView, Error> {
@@ -396,6 +435,118 @@ impl Subscription {
         let only = id.as_ref().map(parse_id).transpose()?;
         let rx = orch(ctx).subscribe_deployments();
         Ok(of_one(rx, only, |d| d.id, DeploymentView))
+    }
+
+    /// Every change of a NetKAN mod's status (or of one mod's).
+    async fn netkan_status_events(
+        &self,
+        ctx: &Context<'_>,
+        identifier: Option<String>,
+    ) -> Result<impl Stream<Item = ModStatusView>, Error> {
+        require_read(ctx)?;
+        let rx = orch(ctx).subscribe_mods();
+        Ok(
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |n| {
+                let keep = n
+                    .ok()
+                    .filter(|n| identifier.as_ref().is_none_or(|id| *id == n.identifier))
+                    .map(|n| ModStatusView {
+                        identifier: n.identifier,
+                        status: n.status,
+                    });
+                futures::future::ready(keep)
+            }),
+        )
+    }
+}
+
+/// Which mods `netkanStatus` lists.
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq)]
+pub enum ModFilter {
+    /// The last inflation failed.
+    Failing,
+    Frozen,
+    /// Not frozen and not inflated for `staleHours`.
+    Stale,
+}
+
+/// One mod as the NetKAN pipeline knows it.
+pub struct ModStatusView {
+    pub identifier: String,
+    pub status: ModStatus,
+}
+
+#[Object(name = "ModStatus")]
+impl ModStatusView {
+    async fn identifier(&self) -> &str {
+        &self.identifier
+    }
+    async fn last_checked(&self) -> Option<&str> {
+        self.status.last_checked.as_deref()
+    }
+    async fn last_inflated(&self) -> Option<&str> {
+        self.status.last_inflated.as_deref()
+    }
+    async fn last_indexed(&self) -> Option<&str> {
+        self.status.last_indexed.as_deref()
+    }
+    async fn last_downloaded(&self) -> Option<&str> {
+        self.status.last_downloaded.as_deref()
+    }
+    async fn last_error(&self) -> Option<&str> {
+        self.status.last_error.as_deref()
+    }
+    async fn last_warnings(&self) -> Option<&str> {
+        self.status.last_warnings.as_deref()
+    }
+    async fn release_date(&self) -> Option<&str> {
+        self.status.release_date.as_deref()
+    }
+    async fn success(&self) -> bool {
+        self.status.success
+    }
+    async fn frozen(&self) -> bool {
+        self.status.frozen
+    }
+    async fn resources(&self) -> Json<&serde_json::Map<String, serde_json::Value>> {
+        Json(&self.status.resources)
+    }
+}
+
+/// The NetKAN pipeline's queues and counts.
+#[derive(SimpleObject)]
+#[graphql(name = "NetkanPipeline")]
+pub struct PipelineView {
+    /// Mods waiting in queued inflate jobs.
+    pub inflate_queued_mods: u64,
+    /// Inflated results waiting for the indexer.
+    pub index_queue: u64,
+    pub rounds: u64,
+    pub rounds_skipped: u64,
+    pub inflated: u64,
+    pub inflate_failed: u64,
+    pub indexed: u64,
+    pub index_failures: u64,
+    pub pushes_refused: u64,
+    pub pull_requests: u64,
+}
+
+impl PipelineView {
+    pub fn of(o: &Orchestrator) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &o.pipeline.counters;
+        Self {
+            inflate_queued_mods: o.queued_inflate_mods() as u64,
+            index_queue: o.store().index_depth() as u64,
+            rounds: c.rounds.load(Relaxed),
+            rounds_skipped: c.rounds_skipped.load(Relaxed),
+            inflated: c.inflated.load(Relaxed),
+            inflate_failed: c.inflate_failed.load(Relaxed),
+            indexed: c.indexed.load(Relaxed),
+            index_failures: c.index_failures.load(Relaxed),
+            pushes_refused: c.pushes_refused.load(Relaxed),
+            pull_requests: c.pull_requests.load(Relaxed),
+        }
     }
 }
 

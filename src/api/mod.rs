@@ -1,11 +1,13 @@
 //! The agent's HTTP API on one port (rocket): `/ping`, REST under `/api/v1`, `/log/<id>`,
 //! `/metrics` (Prometheus text), GraphQL at `/graphql` with `/graphiql` and subscriptions
-//! over a websocket at `/graphql/ws`, and the join handshake.
+//! over a websocket at `/graphql/ws`, the join handshake, and NetKAN's webhooks and status
+//! page ([`webhooks`]).
 //!
 //! Authorization is decided here, in one place: mutations need the operator token as a
 //! bearer token; reads need it too unless `api.public_reads` is set.
 
 pub mod graphql;
+mod webhooks;
 
 use crate::cluster::network::{NODE_HEADER, SIGNATURE_HEADER};
 use crate::cluster::{Cluster, ClusterError};
@@ -35,6 +37,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A credential was given and is wrong (a webhook's signature).
+    #[error("{0}")]
+    Forbidden(String),
     /// This node does not orchestrate now; the message says who does, or that there is no
     /// quorum.
     #[error("{0}")]
@@ -51,6 +56,7 @@ impl ApiError {
             Self::Unauthorized(_) => Status::Unauthorized,
             Self::NotFound(_) => Status::NotFound,
             Self::BadRequest(_) => Status::BadRequest,
+            Self::Forbidden(_) => Status::Forbidden,
             Self::NotOrchestrator(_) => Status::ServiceUnavailable,
             Self::Internal(_) | Self::Launch(_) => Status::InternalServerError,
         }
@@ -76,7 +82,9 @@ impl From<OrchestratorError> for ApiError {
             }
             OrchestratorError::Enrollment(_) => Self::BadRequest(e.to_string()),
             OrchestratorError::Store(e) => e.into(),
-            OrchestratorError::Broker(_) => Self::Internal(e.to_string()),
+            OrchestratorError::Broker(_) | OrchestratorError::Git(_) => {
+                Self::Internal(e.to_string())
+            }
         }
     }
 }
@@ -638,6 +646,74 @@ async fn metrics(s: &State<ApiState>) -> ApiResult<(ContentType, String)> {
     }
     let _ = writeln!(m, "# HELP kraken_scheduler_queued Jobs waiting for a slot.\n# TYPE kraken_scheduler_queued gauge");
     let _ = writeln!(m, "kraken_scheduler_queued {}", o.queued_count());
+    let p = graphql::PipelineView::of(&o);
+    for (name, kind, help, value) in [
+        (
+            "netkan_inflate_queued_mods",
+            "gauge",
+            "Mods waiting in queued inflate jobs.",
+            p.inflate_queued_mods,
+        ),
+        (
+            "netkan_index_queue",
+            "gauge",
+            "Inflated results waiting for the indexer.",
+            p.index_queue,
+        ),
+        (
+            "netkan_rounds_total",
+            "counter",
+            "Scheduled rounds that queued mods.",
+            p.rounds,
+        ),
+        (
+            "netkan_rounds_skipped_total",
+            "counter",
+            "Scheduled rounds skipped (long queue, low rate limit).",
+            p.rounds_skipped,
+        ),
+        (
+            "netkan_inflated_total",
+            "counter",
+            "Mods inflated.",
+            p.inflated,
+        ),
+        (
+            "netkan_inflate_failed_total",
+            "counter",
+            "Mods that failed to inflate.",
+            p.inflate_failed,
+        ),
+        (
+            "netkan_indexed_total",
+            "counter",
+            "Files committed to the metadata repository.",
+            p.indexed,
+        ),
+        (
+            "netkan_index_failures_total",
+            "counter",
+            "Index attempts that failed (retried).",
+            p.index_failures,
+        ),
+        (
+            "netkan_pushes_refused_total",
+            "counter",
+            "Pushes refused as not fast-forward (redone).",
+            p.pushes_refused,
+        ),
+        (
+            "netkan_pull_requests_total",
+            "counter",
+            "Staged mods sent as pull requests.",
+            p.pull_requests,
+        ),
+    ] {
+        let _ = writeln!(
+            m,
+            "# HELP kraken_{name} {help}\n# TYPE kraken_{name} {kind}\nkraken_{name} {value}"
+        );
+    }
     Ok((
         ContentType::new("text", "plain").with_params(("version", "0.0.4")),
         m,
@@ -809,7 +885,12 @@ pub async fn serve(
                 graphql_post,
                 graphql_get,
                 graphiql,
-                graphql_ws
+                graphql_ws,
+                webhooks::inflate,
+                webhooks::gh_inflate,
+                webhooks::gh_release,
+                webhooks::sd_inflate,
+                webhooks::status
             ],
         )
         .register("/", catchers![default_catcher])

@@ -189,13 +189,25 @@ async fn inflate_one(
     outcome
 }
 
-/// Job specs inflating `mods`, `batch` mods a job.
-pub fn specs(mods: &[RepoMod], batch: usize, game_id: &str) -> Vec<Value> {
+/// Job specs inflating `mods`, `batch` mods a job; `indexed` tells the highest version of
+/// a mod already in the metadata repository (for the out-of-order check).
+pub fn specs(
+    mods: &[RepoMod],
+    batch: usize,
+    game_id: &str,
+    indexed: impl Fn(&str) -> Option<String>,
+) -> Vec<Value> {
     mods.chunks(batch.clamp(1, MAX_MODS))
         .map(|chunk| {
             let mods: Vec<Value> = chunk
                 .iter()
-                .map(|m| json!({ "identifier": m.identifier, "netkan": m.text }))
+                .map(|m| {
+                    let mut spec = json!({ "identifier": m.identifier, "netkan": m.text });
+                    if let Some(v) = indexed(&m.identifier) {
+                        spec["highest_version"] = Value::String(v);
+                    }
+                    spec
+                })
                 .collect();
             json!({ "mods": mods, "game_id": game_id })
         })
@@ -254,7 +266,9 @@ mod tests {
                 text: format!("identifier: M{i}"),
             })
             .collect();
-        let specs = specs(&mods, 2, "KSP");
+        let specs = specs(&mods, 2, "KSP", |id| (id == "M4").then(|| "1.0".into()));
+        assert_eq!(specs[2]["mods"][0]["highest_version"], "1.0");
+        assert!(specs[0]["mods"][0].get("highest_version").is_none());
         assert_eq!(specs.len(), 3);
         assert_eq!(specs[2]["mods"][0]["identifier"], "M4");
         assert!(specs.iter().all(|s| Inflate.validate(s).is_ok()));

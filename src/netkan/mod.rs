@@ -8,6 +8,7 @@
 //! - [`transform`]: the transformer pipeline, in NetKAN's order, and the outcome.
 //! - [`ckan`]: canonical property order, `spec_version`, validation, the output text.
 //! - [`repo`]: a NetKAN repository on disk (`.netkan` files by identifier, frozen mods).
+//! - [`webhook`]: the webhooks' payloads (GitHub push and release, SpaceDock forms) and signatures.
 //! - [`index`]: writing `.ckan` files into a metadata repository checkout (CKAN-meta layout).
 
 pub mod archive;
@@ -18,6 +19,7 @@ pub mod repo;
 pub mod sources;
 pub mod transform;
 pub mod version;
+pub mod webhook;
 
 pub use fetch::{Fetcher, Upstreams};
 pub use transform::{inflate, Options, Outcome};

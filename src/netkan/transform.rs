@@ -71,7 +71,7 @@ struct Ctx {
 pub async fn inflate(text: &str, opts: &Options, f: &Fetcher) -> Outcome {
     let mut ctx = Ctx::default();
     let game_id = opts.game_id.clone().unwrap_or_else(|| "KSP".into());
-    let check_time = now_rfc3339();
+    let check_time = crate::now_rfc3339();
     let docs = parse(text);
     let identifier = docs
         .as_ref()
@@ -125,29 +125,6 @@ pub async fn inflate(text: &str, opts: &Options, f: &Fetcher) -> Outcome {
             }
         }
     }
-}
-
-fn now_rfc3339() -> String {
-    let ms = crate::now_ms();
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // civil-from-days (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Parses a netkan: JSON, or YAML with one or more documents; each must be an object.
@@ -1253,6 +1230,6 @@ mod tests {
             normalize_date("2025-05-30T14:46:05.062685+00:00"),
             "2025-05-30T14:46:05.062685Z"
         );
-        assert_eq!(now_rfc3339().len(), 20);
+        assert_eq!(crate::now_rfc3339().len(), 20);
     }
 }

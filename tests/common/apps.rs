@@ -1,4 +1,5 @@
-//! For the deployment tests and benchmarks: a `git daemon` serving bare repositories, the
+//! For the deployment and NetKAN tests and benchmarks: a `git daemon` serving bare
+//! repositories (pushes allowed), the
 //! fixture apps under `tests/fixtures/apps`, and the GraphQL calls on deployments.
 
 use super::{free_port, wait_until, wait_until_async};
@@ -56,6 +57,8 @@ impl GitServer {
                 "daemon",
                 "--reuseaddr",
                 "--export-all",
+                // the NetKAN indexer pushes to its metadata repository
+                "--enable=receive-pack",
                 &format!("--listen={address}"),
                 &format!("--port={port}"),
                 &format!("--base-path={}", root.display()),

@@ -52,6 +52,9 @@ impl Answer {
     }
 }
 
+/// A request's method and target, and its body.
+pub type Delivered = (String, Vec<u8>);
+
 /// The server: answers by exact path-and-query, then by path alone; 404 otherwise.
 #[derive(Clone)]
 pub struct Upstream {
@@ -60,6 +63,8 @@ pub struct Upstream {
     pub hits: Arc<Mutex<Vec<String>>>,
     /// `(target, Authorization header)` of every request that carried one.
     pub auth: Arc<Mutex<Vec<(String, String)>>>,
+    /// `(method and target, body)` of every request that carried a body.
+    pub bodies: Arc<Mutex<Vec<Delivered>>>,
 }
 
 impl Upstream {
@@ -77,6 +82,7 @@ impl Upstream {
             routes: Arc::default(),
             hits: Arc::default(),
             auth: Arc::default(),
+            bodies: Arc::default(),
         };
         let server = me.clone();
         tokio::spawn(async move {
@@ -196,6 +202,10 @@ impl Upstream {
             let mut body = vec![0u8; length];
             sock.read_exact(&mut body).await?;
             self.hits.lock().unwrap().push(format!("{method} {target}"));
+            if !body.is_empty() {
+                let hit = format!("{method} {target}");
+                self.bodies.lock().unwrap().push((hit, body.clone()));
+            }
             let answer = {
                 let routes = self.routes.lock().unwrap();
                 let path_only = target.split('?').next().unwrap_or_default();

@@ -1,0 +1,215 @@
+//! NetKAN's webhook routes (NetKAN-Infra's paths) and its status page:
+//! `POST /inflate` (operator token), `/sd/inflate` (SpaceDock; `?secret=` the webhook
+//! secret, or the operator token), `/gh/inflate` and `/gh/release` (GitHub, signed with
+//! `X-Hub-Signature-256`), and `GET /status/netkan.json`.
+
+use super::{is_operator, ApiError, ApiResult, ApiState, Operator, Reader};
+use crate::identity;
+use crate::netkan::webhook::{self, WebhookError};
+use crate::orchestrator::Orchestrator;
+use crate::store::JobRecord;
+use rocket::http::Status;
+use rocket::request::{FromRequest, Outcome};
+use rocket::serde::json::Json;
+use rocket::{get, post, Request, State};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::Forbidden(why) => Self::Forbidden(why),
+            WebhookError::Malformed(why) => Self::BadRequest(why),
+        }
+    }
+}
+
+/// GitHub's headers of a webhook delivery.
+pub struct GithubDelivery {
+    signature: Option<String>,
+    event: Option<String>,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for GithubDelivery {
+    type Error = ApiError;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ApiError> {
+        let h = req.headers();
+        Outcome::Success(Self {
+            signature: h.get_one("X-Hub-Signature-256").map(str::to_owned),
+            event: h.get_one("X-GitHub-Event").map(str::to_owned),
+        })
+    }
+}
+
+impl GithubDelivery {
+    /// The orchestrator, once the body's signature is checked; `Ok(None)` for GitHub's
+    /// `ping` (answered with 200 and nothing done).
+    fn check(
+        &self,
+        s: &ApiState,
+        body: &str,
+        expected: &str,
+    ) -> ApiResult<Option<Arc<Orchestrator>>> {
+        let o = s.orch()?;
+        webhook::verify_signature(
+            &o.config().netkan.webhook_secret,
+            body.as_bytes(),
+            self.signature.as_deref(),
+        )?;
+        match self.event.as_deref() {
+            Some("ping") => Ok(None),
+            Some(e) if e == expected => Ok(Some(o)),
+            Some(e) => Err(ApiError::BadRequest(format!(
+                "this route takes `{expected}` events, not `{e}`"
+            ))),
+            None => Err(ApiError::BadRequest(
+                "the X-GitHub-Event header is missing".into(),
+            )),
+        }
+    }
+}
+
+fn queued(jobs: &[JobRecord], what: &str) -> (Status, Json<Value>) {
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+    let mods: usize = jobs
+        .iter()
+        .filter_map(|j| j.spec.get("mods").and_then(Value::as_array))
+        .map(Vec::len)
+        .sum();
+    let message = if jobs.is_empty() {
+        format!("{what}: nothing new to queue (already queued, frozen or unknown)")
+    } else {
+        format!("{what}: {mods} mods queued")
+    };
+    (
+        Status::Accepted,
+        Json(json!({ "message": message, "jobs": ids, "mods": mods })),
+    )
+}
+
+fn pong() -> (Status, Json<Value>) {
+    (Status::Ok, Json(json!({ "message": "pong" })))
+}
+
+#[post("/inflate", data = "<body>")]
+pub async fn inflate(
+    _op: Operator,
+    s: &State<ApiState>,
+    body: &str,
+) -> ApiResult<(Status, Json<Value>)> {
+    let ids = webhook::inflate_list(body.as_bytes())?;
+    let jobs = s.orch()?.inflate_now(&ids, false).await?;
+    Ok(queued(&jobs, "inflate"))
+}
+
+#[post("/gh/inflate", data = "<body>")]
+pub async fn gh_inflate(
+    gh: GithubDelivery,
+    s: &State<ApiState>,
+    body: &str,
+) -> ApiResult<(Status, Json<Value>)> {
+    let Some(o) = gh.check(s, body, "push")? else {
+        return Ok(pong());
+    };
+    let push = webhook::push(body.as_bytes())?;
+    let ours = &o.config().netkan.repo_github;
+    if !ours.is_empty() && !push.repository.eq_ignore_ascii_case(ours) {
+        return Err(ApiError::BadRequest(format!(
+            "a push to {}, not to the NetKAN repository {ours}",
+            push.repository
+        )));
+    }
+    if !push.default_branch {
+        return Ok((
+            Status::NoContent,
+            Json(json!({ "message": "not the default branch: ignored" })),
+        ));
+    }
+    if push.netkans.is_empty() {
+        // frozen or thawed mods only: the checkout is brought up to date all the same
+        o.sync_netkan().await?;
+        return Ok(queued(&[], "push"));
+    }
+    let jobs = o.inflate_now(&push.netkans, true).await?;
+    Ok(queued(&jobs, "push"))
+}
+
+#[post("/gh/release?<identifier>", data = "<body>")]
+pub async fn gh_release(
+    gh: GithubDelivery,
+    s: &State<ApiState>,
+    identifier: Option<&str>,
+    body: &str,
+) -> ApiResult<(Status, Json<Value>)> {
+    let Some(o) = gh.check(s, body, "release")? else {
+        return Ok(pong());
+    };
+    let id =
+        identifier.ok_or_else(|| ApiError::BadRequest("give the mod as ?identifier=".into()))?;
+    if !webhook::release(body.as_bytes())? {
+        return Ok((
+            Status::NoContent,
+            Json(json!({ "message": "not a publication: ignored" })),
+        ));
+    }
+    let jobs = o.inflate_now(&[id.to_owned()], false).await?;
+    Ok(queued(&jobs, "release"))
+}
+
+/// SpaceDock cannot sign: it is given a URL with `?secret=<netkan.webhook_secret>`.
+pub struct SpaceDockAuth;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for SpaceDockAuth {
+    type Error = ApiError;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ApiError> {
+        let Some(s) = req.rocket().state::<ApiState>() else {
+            return Outcome::Forward(Status::InternalServerError);
+        };
+        let secret = s
+            .live()
+            .map(|l| l.orch.config().netkan.webhook_secret.clone())
+            .unwrap_or_default();
+        let given = req.query_value::<&str>("secret").and_then(Result::ok);
+        let ok = is_operator(req, s)
+            || (!secret.is_empty() && given.is_some_and(|g| identity::macs_equal(g, &secret)));
+        if ok {
+            Outcome::Success(Self)
+        } else {
+            let why =
+                "SpaceDock webhooks need ?secret=<netkan.webhook_secret> or the operator token";
+            req.local_cache(|| why.to_owned());
+            Outcome::Error((Status::Forbidden, ApiError::Forbidden(why.into())))
+        }
+    }
+}
+
+#[post("/sd/inflate", data = "<body>")]
+pub async fn sd_inflate(
+    _auth: SpaceDockAuth,
+    s: &State<ApiState>,
+    body: &str,
+) -> ApiResult<(Status, Json<Value>)> {
+    let mod_id = webhook::spacedock_mod(body.as_bytes())?;
+    let o = s.orch()?;
+    let ids = o.spacedock_mods(mod_id).await?;
+    if ids.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "No such module: no netkan has $kref #/ckan/spacedock/{mod_id}"
+        )));
+    }
+    let jobs = o.inflate_now(&ids, true).await?;
+    Ok(queued(&jobs, "spacedock"))
+}
+
+/// NetKAN's status page: every mod's status, keyed by identifier.
+#[get("/status/netkan.json")]
+pub async fn status(_r: Reader, s: &State<ApiState>) -> ApiResult<Json<Value>> {
+    let o = s.orch()?;
+    let mut out = serde_json::Map::new();
+    for (id, status) in o.store().mod_statuses()? {
+        out.insert(id, serde_json::to_value(status).unwrap_or_default());
+    }
+    Ok(Json(Value::Object(out)))
+}
