@@ -1,8 +1,8 @@
 //! The NetKAN pipeline on a real cluster: a NetKAN repository and a metadata repository
 //! behind `git daemon`, the scheduler (held back by a low GitHub rate limit, then running),
 //! inflate jobs on two workers, the indexer's commits and its pull request for a staged mod,
-//! the status page, signed GitHub webhooks, and a webhook that overtakes a full scheduled
-//! batch.
+//! the mirror of the redistributable new versions to an archive, the status page, signed
+//! GitHub webhooks, and a webhook that overtakes a full scheduled batch.
 
 mod common;
 mod upstream;
@@ -88,10 +88,27 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
     let mut files: Vec<(String, String)> = Vec::new();
     let mut good = Vec::new();
     for n in 0..27 {
-        let (id, text) = up.generated_mod(n);
+        let (id, mut text) = up.generated_mod(n);
+        if n == 25 {
+            text = text.replace("license: MIT", "license: restricted");
+        }
         files.push((format!("NetKAN/{id}.netkan"), text));
         good.push(id);
     }
+    // the archive takes each redistributable version's file
+    let archived = |id: &str, n: usize, version: &str| {
+        let zip = upstream::generated_zip(id, n);
+        let sha1 = hex::encode(<sha1::Sha1 as sha1::Digest>::digest(&zip));
+        format!("/ia/{id}-{version}/{}-{id}-{version}.zip", &sha1[..8])
+    };
+    for n in 0..27 {
+        let path = archived(&format!("Gen{n}"), n, &format!("1.{n}"));
+        up.route(&format!("PUT {path}"), Answer::json(&json!({})));
+    }
+    up.route(
+        &format!("PUT {}", archived("Gen3", 3, "2.0")),
+        Answer::json(&json!({})),
+    );
     let (staged, text) = up.generated_mod(27);
     files.push((
         format!("NetKAN/{staged}.netkan"),
@@ -122,6 +139,7 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
     );
     let api = format!("{}/gh-api", up.base);
     let web = format!("{}/gh-web", up.base);
+    let archive = format!("{}/ia", up.base);
     let orch = Agent::orchestrator(
         root.path(),
         0,
@@ -138,11 +156,16 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
             ("KRAKEN_ORCHESTRATOR_GRACE_MS", "3000"),
             // the workers are killed below: the orchestrator alone keeps the quorum
             ("KRAKEN_CLUSTER_VOTERS", "1"),
+            ("KRAKEN_NETKAN_ARCHIVE_URL", &archive),
         ],
     );
     let upstream_env = [
         ("KRAKEN_GITHUB_API", api.as_str()),
         ("KRAKEN_GITHUB_WEB", web.as_str()),
+        ("KRAKEN_CLUSTER_VOTERS", "1"),
+        ("KRAKEN_NETKAN_ARCHIVE_URL", archive.as_str()),
+        ("KRAKEN_NETKAN_ARCHIVE_ACCESS", "ia-access"),
+        ("KRAKEN_NETKAN_ARCHIVE_SECRET", "ia-secret"),
     ];
     let mut w1 = Agent::worker(root.path(), "w1", &orch, 2, &upstream_env);
     let mut w2 = Agent::worker(root.path(), "w2", &orch, 1, &upstream_env);
@@ -232,6 +255,76 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
         .unwrap()
         .iter()
         .any(|(t, a)| t.ends_with("/pulls") && a == "Bearer orch-token"));
+
+    // the new versions are mirrored, but not the one whose license forbids it
+    let puts = |up: &Upstream| -> Vec<(String, Vec<u8>)> {
+        let b = up.bodies.lock().unwrap().clone();
+        b.into_iter()
+            .filter(|(hit, _)| hit.starts_with("PUT /ia/"))
+            .collect()
+    };
+    let expected_puts: Vec<String> = (0..27)
+        .filter(|n| *n != 25)
+        .map(|n| format!("PUT {}", archived(&format!("Gen{n}"), n, &format!("1.{n}"))))
+        .collect();
+    wait_until(
+        "the new versions are in the archive",
+        Duration::from_secs(120),
+        || {
+            let done = puts(&up);
+            expected_puts
+                .iter()
+                .all(|e| done.iter().any(|(hit, _)| hit == e))
+                .then_some(())
+        },
+    );
+    let done = puts(&up);
+    assert!(
+        !done.iter().any(|(hit, _)| hit.contains("Gen25")),
+        "restricted: not mirrored"
+    );
+    let (_, gen7) = done
+        .iter()
+        .find(|(hit, _)| hit.contains("/Gen7-1.7/"))
+        .unwrap();
+    assert_eq!(
+        *gen7,
+        upstream::generated_zip("Gen7", 7),
+        "the verified download is what was uploaded"
+    );
+    assert!(up
+        .auth
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(t, a)| t.starts_with("/ia/") && a == "LOW ia-access:ia-secret"));
+
+    // a push to the metadata repository mirrors what it added; what is there is skipped
+    let gen7_path = archived("Gen7", 7, "1.7");
+    up.route(&format!("HEAD {gen7_path}"), Answer::json(&json!({})));
+    let mut meta_push = push_payload("main", "test/CKAN-meta", &[]);
+    meta_push["commits"][0]["added"] = json!(["Gen7/Gen7-1.7.ckan"]);
+    let (code, body) = deliver(
+        &format!("{}/gh/mirror", orch.url()),
+        "push",
+        &meta_push,
+        Some(SECRET),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let mirror_job = body["jobs"][0].as_str().unwrap().to_owned();
+    let j = wait_final(
+        &client,
+        std::slice::from_ref(&mirror_job),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(j[0]["state"], "SUCCEEDED", "{}", j[0]);
+    assert_eq!(
+        j[0]["result"]["skipped"][0]["reason"], "already in the archive",
+        "{}",
+        j[0]
+    );
 
     // inflated on both workers
     let done = client

@@ -889,6 +889,7 @@ pub async fn serve(
                 webhooks::inflate,
                 webhooks::gh_inflate,
                 webhooks::gh_release,
+                webhooks::gh_mirror,
                 webhooks::sd_inflate,
                 webhooks::status
             ],

@@ -1,6 +1,6 @@
 //! NetKAN's webhook routes (NetKAN-Infra's paths) and its status page:
 //! `POST /inflate` (operator token), `/sd/inflate` (SpaceDock; `?secret=` the webhook
-//! secret, or the operator token), `/gh/inflate` and `/gh/release` (GitHub, signed with
+//! secret, or the operator token), `/gh/inflate`, `/gh/release` and `/gh/mirror` (GitHub, signed with
 //! `X-Hub-Signature-256`), and `GET /status/netkan.json`.
 
 use super::{is_operator, ApiError, ApiResult, ApiState, Operator, Reader};
@@ -155,6 +155,39 @@ pub async fn gh_release(
     }
     let jobs = o.inflate_now(&[id.to_owned()], false).await?;
     Ok(queued(&jobs, "release"))
+}
+
+#[post("/gh/mirror", data = "<body>")]
+pub async fn gh_mirror(
+    gh: GithubDelivery,
+    s: &State<ApiState>,
+    body: &str,
+) -> ApiResult<(Status, Json<Value>)> {
+    let Some(o) = gh.check(s, body, "push")? else {
+        return Ok(pong());
+    };
+    let push = webhook::push(body.as_bytes())?;
+    let ours = &o.config().netkan.meta_github;
+    if !ours.is_empty() && !push.repository.eq_ignore_ascii_case(ours) {
+        return Err(ApiError::BadRequest(format!(
+            "a push to {}, not to the metadata repository {ours}",
+            push.repository
+        )));
+    }
+    if !push.default_branch || push.ckans.is_empty() {
+        return Ok((
+            Status::NoContent,
+            Json(json!({ "message": "no .ckan added on the default branch: nothing to mirror" })),
+        ));
+    }
+    let jobs = o.mirror_pushed(&push.ckans).await?;
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+    Ok((
+        Status::Accepted,
+        Json(
+            json!({ "message": format!("mirror: {} files queued", push.ckans.len()), "jobs": ids }),
+        ),
+    ))
 }
 
 /// SpaceDock cannot sign: it is given a URL with `?secret=<netkan.webhook_secret>`.

@@ -6,6 +6,7 @@ mod echo;
 mod fail;
 pub mod inflate;
 mod memhog;
+pub mod mirror;
 mod sleep;
 
 use futures::future::BoxFuture;
@@ -88,6 +89,7 @@ pub const KINDS: &[&dyn JobKind] = &[
     &fail::Fail,
     &memhog::MemHog,
     &inflate::Inflate,
+    &mirror::Mirror,
 ];
 
 pub fn find(name: &str) -> Result<&'static dyn JobKind, JobError> {

@@ -6,7 +6,7 @@
 
 use super::{lock, JobRequest, Orchestrator, OrchestratorError};
 use crate::git::{Checkout, GitError, Identity};
-use crate::netkan::index::{self, IndexItem};
+use crate::netkan::index::{self, Change, IndexItem};
 use crate::netkan::repo::NetkanRepo;
 use crate::netkan::Outcome;
 use crate::store::{JobRecord, JobState, ModStatus};
@@ -39,6 +39,8 @@ pub struct ModNotice {
 pub struct Pipeline {
     /// Held while the NetKAN checkout is synced or inflates are queued.
     queueing: tokio::sync::Mutex<()>,
+    /// Held while the metadata checkout is in use (indexing, reading for the mirror).
+    meta: tokio::sync::Mutex<()>,
     /// Wakes the indexer.
     indexer: Notify,
     notices: broadcast::Sender<ModNotice>,
@@ -62,6 +64,7 @@ impl Default for Pipeline {
     fn default() -> Self {
         Self {
             queueing: Default::default(),
+            meta: Default::default(),
             indexer: Notify::new(),
             notices: broadcast::channel(1024).0,
             counters: Default::default(),
@@ -575,6 +578,7 @@ impl Orchestrator {
     /// goes to its own branch and a pull request instead.
     async fn index(&self, items: &[IndexItem]) -> Result<(), OrchestratorError> {
         let n = &self.config.netkan;
+        let _held = self.pipeline.meta.lock().await;
         let co = Checkout::sync(&n.meta_url, &self.meta_dir(), &self.git_identity()).await?;
         let (staged, direct): (Vec<&IndexItem>, Vec<&IndexItem>) =
             items.iter().partition(|i| i.staged);
@@ -622,7 +626,79 @@ impl Orchestrator {
         for item in staged {
             self.stage(&co, item).await?;
         }
+        let added: Vec<String> = changed
+            .iter()
+            .filter(|(_, c)| *c == Change::Added)
+            .map(|(i, _)| i.ckan.clone())
+            .collect();
+        if let Err(error) = self.enqueue_mirror(added).await {
+            tracing::warn!(%error, "cannot queue the mirror of the new versions");
+        }
         Ok(())
+    }
+
+    /// Queues a `mirror` job for new `.ckan` texts, when an archive is configured.
+    async fn enqueue_mirror(
+        &self,
+        ckans: Vec<String>,
+    ) -> Result<Vec<JobRecord>, OrchestratorError> {
+        if self.config.netkan.archive_url.is_empty() || ckans.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut jobs = Vec::new();
+        for chunk in ckans.chunks(100) {
+            let req = JobRequest {
+                kind: "mirror".into(),
+                spec: Some(serde_json::json!({ "ckans": chunk })),
+                timeout_secs: Some(
+                    self.config
+                        .worker
+                        .job_timeout_secs
+                        .max(600 * chunk.len() as u64),
+                ),
+                ..Default::default()
+            };
+            jobs.push(self.enqueue(req).await?);
+        }
+        Ok(jobs)
+    }
+
+    /// A push to the metadata repository (`/gh/mirror`): mirrors the `.ckan` files it
+    /// added, read from the pushed tip.
+    pub async fn mirror_pushed(
+        &self,
+        paths: &[String],
+    ) -> Result<Vec<JobRecord>, OrchestratorError> {
+        let n = &self.config.netkan;
+        if n.archive_url.is_empty() {
+            return Err(OrchestratorError::Invalid(
+                "no archive is configured (netkan.archive_url)".into(),
+            ));
+        }
+        if n.meta_url.is_empty() {
+            return Err(OrchestratorError::Invalid(
+                "no metadata repository is configured (netkan.meta_url)".into(),
+            ));
+        }
+        let texts = {
+            let _held = self.pipeline.meta.lock().await;
+            let co = Checkout::sync(&n.meta_url, &self.meta_dir(), &self.git_identity()).await?;
+            let mut texts = Vec::new();
+            for path in paths {
+                if path.starts_with('-') || path.contains("..") {
+                    continue;
+                }
+                let at = format!("origin/{}:{path}", co.branch());
+                match co.git(&["show", &at]).await {
+                    Ok(text) => texts.push(text),
+                    Err(error) => {
+                        tracing::warn!(%path, %error, "a pushed .ckan is not on the branch")
+                    }
+                }
+            }
+            texts
+        };
+        self.enqueue_mirror(texts).await
     }
 
     /// A staged `.ckan` goes to branch `add/<id>-<version>` and a pull request.

@@ -146,7 +146,8 @@ impl Upstream {
         (id, netkan)
     }
 
-    /// Answers `path` (a path with optional query, below the server's root).
+    /// Answers `path` (a path with optional query, below the server's root), or
+    /// `METHOD /path` for that method only.
     pub fn route(&self, path: &str, answer: Answer) {
         self.routes.lock().unwrap().insert(path.to_owned(), answer);
     }
@@ -209,8 +210,10 @@ impl Upstream {
             let answer = {
                 let routes = self.routes.lock().unwrap();
                 let path_only = target.split('?').next().unwrap_or_default();
+                // `METHOD /path` first, for a route that answers one method only
                 routes
-                    .get(&target)
+                    .get(&format!("{method} {path_only}"))
+                    .or_else(|| routes.get(&target))
                     .or_else(|| routes.get(path_only))
                     .cloned()
                     .unwrap_or_else(|| Answer::status(404))
