@@ -428,6 +428,49 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
     )
     .await;
     assert_eq!(code, 204);
+    let (code, body) = deliver(&hook, "push", &json!({"zen": 1}), Some(SECRET)).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("`ref` is missing"),
+        "{body}"
+    );
+    let big = json!({"ref": "x".repeat(2 << 20)});
+    let (code, _) = deliver(&hook, "push", &big, Some(SECRET)).await;
+    assert_eq!(code, 413, "an oversized body is refused");
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: &str, token: Option<&str>| {
+        let mut req = http
+            .post(format!("{}{path}", orch.url()))
+            .body(body.to_owned());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let op = orch.operator_token();
+    let r = post("/inflate", r#"["Gen1"]"#, None).await.unwrap();
+    assert_eq!(r.status(), 401, "/inflate needs the operator token");
+    let r = post("/inflate", r#"["Gen1", "Nope"]"#, Some(&op))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("Nope has no Nope.netkan"));
+    let r = post(
+        "/sd/inflate?secret=wrong",
+        "mod_id=1&event_type=update",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let sd = format!("/sd/inflate?secret={SECRET}");
+    let r = post(&sd, "mod_id=999&event_type=update", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("No such module"));
+    let r = post(&sd, "event_type=update", None).await.unwrap();
+    assert_eq!(r.status(), 400);
     let (code, _) = deliver(
         &hook,
         "ping",

@@ -37,6 +37,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A body over its size limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// A credential was given and is wrong (a webhook's signature).
     #[error("{0}")]
     Forbidden(String),
@@ -57,6 +60,7 @@ impl ApiError {
             Self::NotFound(_) => Status::NotFound,
             Self::BadRequest(_) => Status::BadRequest,
             Self::Forbidden(_) => Status::Forbidden,
+            Self::TooLarge(_) => Status::PayloadTooLarge,
             Self::NotOrchestrator(_) => Status::ServiceUnavailable,
             Self::Internal(_) | Self::Launch(_) => Status::InternalServerError,
         }

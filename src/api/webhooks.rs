@@ -8,6 +8,7 @@ use crate::identity;
 use crate::netkan::webhook::{self, WebhookError};
 use crate::orchestrator::Orchestrator;
 use crate::store::JobRecord;
+use rocket::data::Capped;
 use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome};
 use rocket::serde::json::Json;
@@ -88,6 +89,18 @@ fn queued(jobs: &[JobRecord], what: &str) -> (Status, Json<Value>) {
     )
 }
 
+/// The body, unless it was cut at the size limit (`limits.string`, 1 MiB).
+fn whole(body: Capped<&str>) -> ApiResult<&str> {
+    if body.is_complete() {
+        Ok(body.into_inner())
+    } else {
+        Err(ApiError::TooLarge(format!(
+            "the body is larger than the limit of {} bytes",
+            body.n.written
+        )))
+    }
+}
+
 fn pong() -> (Status, Json<Value>) {
     (Status::Ok, Json(json!({ "message": "pong" })))
 }
@@ -96,8 +109,9 @@ fn pong() -> (Status, Json<Value>) {
 pub async fn inflate(
     _op: Operator,
     s: &State<ApiState>,
-    body: &str,
+    body: Capped<&str>,
 ) -> ApiResult<(Status, Json<Value>)> {
+    let body = whole(body)?;
     let ids = webhook::inflate_list(body.as_bytes())?;
     let jobs = s.orch()?.inflate_now(&ids, false).await?;
     Ok(queued(&jobs, "inflate"))
@@ -107,8 +121,9 @@ pub async fn inflate(
 pub async fn gh_inflate(
     gh: GithubDelivery,
     s: &State<ApiState>,
-    body: &str,
+    body: Capped<&str>,
 ) -> ApiResult<(Status, Json<Value>)> {
+    let body = whole(body)?;
     let Some(o) = gh.check(s, body, "push")? else {
         return Ok(pong());
     };
@@ -140,8 +155,9 @@ pub async fn gh_release(
     gh: GithubDelivery,
     s: &State<ApiState>,
     identifier: Option<&str>,
-    body: &str,
+    body: Capped<&str>,
 ) -> ApiResult<(Status, Json<Value>)> {
+    let body = whole(body)?;
     let Some(o) = gh.check(s, body, "release")? else {
         return Ok(pong());
     };
@@ -161,8 +177,9 @@ pub async fn gh_release(
 pub async fn gh_mirror(
     gh: GithubDelivery,
     s: &State<ApiState>,
-    body: &str,
+    body: Capped<&str>,
 ) -> ApiResult<(Status, Json<Value>)> {
+    let body = whole(body)?;
     let Some(o) = gh.check(s, body, "push")? else {
         return Ok(pong());
     };
@@ -222,8 +239,9 @@ impl<'r> FromRequest<'r> for SpaceDockAuth {
 pub async fn sd_inflate(
     _auth: SpaceDockAuth,
     s: &State<ApiState>,
-    body: &str,
+    body: Capped<&str>,
 ) -> ApiResult<(Status, Json<Value>)> {
+    let body = whole(body)?;
     let mod_id = webhook::spacedock_mod(body.as_bytes())?;
     let o = s.orch()?;
     let ids = o.spacedock_mods(mod_id).await?;
