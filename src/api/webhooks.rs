@@ -101,6 +101,23 @@ fn whole(body: Capped<&str>) -> ApiResult<&str> {
     }
 }
 
+/// A push payload, refused when it went to another repository than `ours` (when set).
+fn push_to(body: &str, ours: &str, what: &str) -> ApiResult<webhook::Push> {
+    let push = webhook::push(body.as_bytes())?;
+    if !ours.is_empty() && !push.repository.eq_ignore_ascii_case(ours) {
+        return Err(ApiError::BadRequest(format!(
+            "a push to {}, not to {what} {ours}",
+            push.repository
+        )));
+    }
+    Ok(push)
+}
+
+/// 204: understood, and nothing to do.
+fn ignored(why: &str) -> (Status, Json<Value>) {
+    (Status::NoContent, Json(json!({ "message": why })))
+}
+
 fn pong() -> (Status, Json<Value>) {
     (Status::Ok, Json(json!({ "message": "pong" })))
 }
@@ -127,19 +144,13 @@ pub async fn gh_inflate(
     let Some(o) = gh.check(s, body, "push")? else {
         return Ok(pong());
     };
-    let push = webhook::push(body.as_bytes())?;
-    let ours = &o.config().netkan.repo_github;
-    if !ours.is_empty() && !push.repository.eq_ignore_ascii_case(ours) {
-        return Err(ApiError::BadRequest(format!(
-            "a push to {}, not to the NetKAN repository {ours}",
-            push.repository
-        )));
-    }
+    let push = push_to(
+        body,
+        &o.config().netkan.repo_github,
+        "the NetKAN repository",
+    )?;
     if !push.default_branch {
-        return Ok((
-            Status::NoContent,
-            Json(json!({ "message": "not the default branch: ignored" })),
-        ));
+        return Ok(ignored("not the default branch: ignored"));
     }
     if push.netkans.is_empty() {
         // frozen or thawed mods only: the checkout is brought up to date all the same
@@ -164,10 +175,7 @@ pub async fn gh_release(
     let id =
         identifier.ok_or_else(|| ApiError::BadRequest("give the mod as ?identifier=".into()))?;
     if !webhook::release(body.as_bytes())? {
-        return Ok((
-            Status::NoContent,
-            Json(json!({ "message": "not a publication: ignored" })),
-        ));
+        return Ok(ignored("not a publication: ignored"));
     }
     let jobs = o.inflate_now(&[id.to_owned()], false).await?;
     Ok(queued(&jobs, "release"))
@@ -183,18 +191,14 @@ pub async fn gh_mirror(
     let Some(o) = gh.check(s, body, "push")? else {
         return Ok(pong());
     };
-    let push = webhook::push(body.as_bytes())?;
-    let ours = &o.config().netkan.meta_github;
-    if !ours.is_empty() && !push.repository.eq_ignore_ascii_case(ours) {
-        return Err(ApiError::BadRequest(format!(
-            "a push to {}, not to the metadata repository {ours}",
-            push.repository
-        )));
-    }
+    let push = push_to(
+        body,
+        &o.config().netkan.meta_github,
+        "the metadata repository",
+    )?;
     if !push.default_branch || push.ckans.is_empty() {
-        return Ok((
-            Status::NoContent,
-            Json(json!({ "message": "no .ckan added on the default branch: nothing to mirror" })),
+        return Ok(ignored(
+            "no .ckan added on the default branch: nothing to mirror",
         ));
     }
     let jobs = o.mirror_pushed(&push.ckans).await?;

@@ -8,7 +8,7 @@
 //! when it cannot run at all.
 
 use super::{object, only_fields, str_field, ContainerSetup, JobContext, JobError, JobKind};
-use crate::config::{Config, Overrides};
+use crate::config::Config;
 use crate::netkan::repo::RepoMod;
 use crate::netkan::{Fetcher, Options, Outcome};
 use futures::future::BoxFuture;
@@ -109,10 +109,7 @@ impl JobKind for Inflate {
         Box::pin(async move {
             let mods = mods(spec)?;
             let game_id = str_field(spec, "game_id")?.unwrap_or("KSP");
-            // inside the container the settings come from the environment `container_setup`
-            // gave it
-            let config = Config::load(None, std::env::vars(), &Overrides::default())
-                .map_err(|e| JobError::Failed(format!("settings: {e}")))?;
+            let config = super::settings_inside()?;
             let fetcher =
                 Fetcher::from_config(&config).map_err(|e| JobError::Failed(e.to_string()))?;
             let prereleases = config.netkan.prereleases;
@@ -217,6 +214,7 @@ pub fn specs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Overrides;
 
     #[test]
     fn specs_are_checked_with_the_mod_named() {

@@ -10,7 +10,7 @@
 //! retried; the files already there are skipped on the next attempt.
 
 use super::{object, only_fields, ContainerSetup, JobContext, JobError, JobKind};
-use crate::config::{Config, Overrides};
+use crate::config::Config;
 use crate::netkan::Fetcher;
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
@@ -208,8 +208,7 @@ impl JobKind for Mirror {
     ) -> BoxFuture<'a, Result<Value, JobError>> {
         Box::pin(async move {
             let ckans = ckans(spec)?;
-            let config = Config::load(None, std::env::vars(), &Overrides::default())
-                .map_err(|e| JobError::Failed(format!("settings: {e}")))?;
+            let config = super::settings_inside()?;
             let n = &config.netkan;
             if n.archive_url.is_empty() || n.archive_access.is_empty() {
                 return Err(JobError::Failed(
@@ -428,6 +427,7 @@ mod tests {
 #[cfg(test)]
 mod setup_tests {
     use super::*;
+    use crate::config::Overrides;
 
     #[test]
     fn the_container_gets_the_archive() {

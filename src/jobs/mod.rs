@@ -70,6 +70,13 @@ pub trait JobKind: Send + Sync {
     }
 }
 
+/// The settings inside a job container: those its kind's `container_setup` put in the
+/// environment.
+fn settings_inside() -> Result<crate::config::Config, JobError> {
+    crate::config::Config::load(None, std::env::vars(), &crate::config::Overrides::default())
+        .map_err(|e| JobError::Failed(format!("settings: {e}")))
+}
+
 /// What a kind's container gets beyond the job itself.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerSetup {
