@@ -471,6 +471,49 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
     assert!(r.text().await.unwrap().contains("No such module"));
     let r = post(&sd, "event_type=update", None).await.unwrap();
     assert_eq!(r.status(), 400);
+
+    // SpaceDock's "add to CKAN": a generated netkan on a branch, and a pull request
+    up.route(
+        "/gh-api/repos/test/NetKAN/pulls",
+        Answer::json(&json!({"number": 2})),
+    );
+    let add = format!("/sd/add?secret={SECRET}");
+    let form = "name=Better+Parts&id=4242&license=MIT&username=ann&short_description=Parts%2C+better&mod_url=https%3A%2F%2Fspacedock.info%2Fmod%2F4242";
+    let r = post(&add, form, None).await.unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let bare_netkan = root.path().join("git").join("NetKAN.git");
+    let added = bare_git(
+        &bare_netkan,
+        &["show", "add/BetterParts:NetKAN/BetterParts.netkan"],
+    )
+    .expect("the netkan is on branch add/BetterParts");
+    assert!(
+        kraken::netkan::webhook::krefs_spacedock(&added, 4242),
+        "{added}"
+    );
+    assert!(bare_git(&bare_netkan, &["show", "main:NetKAN/BetterParts.netkan"]).is_none());
+    let pr: Value = up
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(hit, _)| hit == "POST /gh-api/repos/test/NetKAN/pulls")
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .expect("a pull request to the NetKAN repository");
+    assert_eq!(pr["title"], "Add Better Parts from SpaceDock");
+    assert_eq!(pr["head"], "add/BetterParts");
+    assert!(
+        pr["body"]
+            .as_str()
+            .unwrap()
+            .contains("ann added **Better Parts**"),
+        "{pr}"
+    );
+    let r = post(&add, "name=Gen1&id=1&license=MIT", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("already"));
     let (code, _) = deliver(
         &hook,
         "ping",

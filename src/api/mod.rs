@@ -895,6 +895,7 @@ pub async fn serve(
                 webhooks::gh_release,
                 webhooks::gh_mirror,
                 webhooks::sd_inflate,
+                webhooks::sd_add,
                 webhooks::status
             ],
         )

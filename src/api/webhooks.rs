@@ -1,5 +1,5 @@
 //! NetKAN's webhook routes (NetKAN-Infra's paths) and its status page:
-//! `POST /inflate` (operator token), `/sd/inflate` (SpaceDock; `?secret=` the webhook
+//! `POST /inflate` (operator token), `/sd/inflate` and `/sd/add` (SpaceDock; `?secret=` the webhook
 //! secret, or the operator token), `/gh/inflate`, `/gh/release` and `/gh/mirror` (GitHub, signed with
 //! `X-Hub-Signature-256`), and `GET /status/netkan.json`.
 
@@ -256,6 +256,21 @@ pub async fn sd_inflate(
     }
     let jobs = o.inflate_now(&ids, true).await?;
     Ok(queued(&jobs, "spacedock"))
+}
+
+#[post("/sd/add", data = "<body>")]
+pub async fn sd_add(
+    _auth: SpaceDockAuth,
+    s: &State<ApiState>,
+    body: Capped<&str>,
+) -> ApiResult<(Status, Json<Value>)> {
+    let body = whole(body)?;
+    let add = webhook::SpaceDockAdd::parse(body.as_bytes())?;
+    let branch = s.orch()?.spacedock_add(&add).await?;
+    Ok((
+        Status::Accepted,
+        Json(json!({ "message": format!("pull request opened from {branch}"), "branch": branch })),
+    ))
 }
 
 /// NetKAN's status page: every mod's status, keyed by identifier.

@@ -231,6 +231,125 @@ pub fn spacedock_mod(body: &[u8]) -> Result<u64, WebhookError> {
         .map_err(|_| WebhookError::Malformed(format!("mod_id `{id}` is not a number")))
 }
 
+/// SpaceDock's `/sd/add` form: a mod just created there, to be added to the NetKAN
+/// repository.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpaceDockAdd {
+    pub name: String,
+    pub id: u64,
+    pub license: String,
+    pub username: String,
+    pub short_description: String,
+    pub external_link: String,
+    pub source_link: String,
+    pub mod_url: String,
+}
+
+impl SpaceDockAdd {
+    /// Reads the form; `name`, `id` and `license` are required.
+    pub fn parse(body: &[u8]) -> Result<Self, WebhookError> {
+        let form = form(body)?;
+        let field = |k: &str| {
+            form.iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let required = |k: &str| {
+            let v = field(k);
+            if v.is_empty() {
+                Err(WebhookError::Malformed(format!("the form has no {k}")))
+            } else {
+                Ok(v)
+            }
+        };
+        let id = required("id")?;
+        Ok(Self {
+            name: required("name")?,
+            id: id
+                .parse()
+                .map_err(|_| WebhookError::Malformed(format!("id `{id}` is not a number")))?,
+            license: required("license")?,
+            username: field("username"),
+            short_description: field("short_description"),
+            external_link: field("external_link"),
+            source_link: field("source_link"),
+            mod_url: field("mod_url"),
+        })
+    }
+
+    /// The mod's identifier: the letters and digits of its name.
+    pub fn identifier(&self) -> Result<String, WebhookError> {
+        let id: String = self
+            .name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        if super::ckan::valid_identifier(&id) {
+            Ok(id)
+        } else {
+            Err(WebhookError::Malformed(format!(
+                "no identifier can be made from the name `{}` (it needs two ASCII letters or digits)",
+                self.name
+            )))
+        }
+    }
+
+    /// The `.netkan` for it (JSON, which is also YAML).
+    pub fn netkan(&self) -> Result<String, WebhookError> {
+        let mut n = serde_json::Map::new();
+        n.insert("spec_version".into(), "v1.4".into());
+        n.insert("identifier".into(), self.identifier()?.into());
+        n.insert(
+            "$kref".into(),
+            format!("#/ckan/spacedock/{}", self.id).into(),
+        );
+        n.insert("license".into(), self.license.clone().into());
+        let mut resources = serde_json::Map::new();
+        for (key, url) in [
+            ("homepage", &self.external_link),
+            ("repository", &self.source_link),
+        ] {
+            if url.starts_with("https://") || url.starts_with("http://") {
+                resources.insert(key.into(), url.clone().into());
+            }
+        }
+        if !resources.is_empty() {
+            n.insert("resources".into(), Value::Object(resources));
+        }
+        n.insert(
+            "x_via".into(),
+            "Automated SpaceDock submission (Kraken)".into(),
+        );
+        let mut text = serde_json::to_string_pretty(&Value::Object(n))
+            .map_err(|e| WebhookError::Malformed(e.to_string()))?;
+        text.push('\n');
+        Ok(text)
+    }
+
+    /// The pull request's text.
+    pub fn description(&self) -> String {
+        let mut body = format!(
+            "{} added **{}** to SpaceDock",
+            if self.username.is_empty() {
+                "Someone"
+            } else {
+                &self.username
+            },
+            self.name
+        );
+        if !self.mod_url.is_empty() {
+            body.push_str(&format!(" ({})", self.mod_url));
+        }
+        body.push_str(".\n\n");
+        if !self.short_description.is_empty() {
+            body.push_str(&format!("> {}\n\n", self.short_description));
+        }
+        body.push_str("Please check the generated netkan before merging.");
+        body
+    }
+}
+
 /// Whether a netkan's `$kref` is `#/ckan/spacedock/<id>`.
 pub fn krefs_spacedock(netkan: &str, id: u64) -> bool {
     let Ok(docs) = super::transform::parse(netkan) else {
@@ -327,6 +446,27 @@ mod tests {
             42
         ));
         assert!(!krefs_spacedock("$kref: '#/ckan/spacedock/420'\n", 42));
+        let add = SpaceDockAdd::parse(
+            b"name=Better+Parts%21&id=77&license=MIT&username=ann&external_link=https%3A%2F%2Fforum.example%2Ft&source_link=javascript%3Ax",
+        )
+        .unwrap();
+        assert_eq!(add.identifier().unwrap(), "BetterParts");
+        let netkan: Value = serde_json::from_str(&add.netkan().unwrap()).unwrap();
+        assert_eq!(netkan["$kref"], "#/ckan/spacedock/77");
+        assert_eq!(
+            netkan["resources"],
+            serde_json::json!({"homepage": "https://forum.example/t"})
+        );
+        assert!(krefs_spacedock(&add.netkan().unwrap(), 77));
+        assert!(add
+            .description()
+            .starts_with("ann added **Better Parts!** to SpaceDock"));
+        assert!(SpaceDockAdd::parse(b"name=X&id=1")
+            .unwrap_err()
+            .to_string()
+            .contains("license"));
+        let unnamed = SpaceDockAdd::parse("name=%E2%9C%93&id=1&license=MIT".as_bytes()).unwrap();
+        assert!(unnamed.identifier().is_err());
         assert!(release(br#"{"action":"published","release":{}}"#).unwrap());
         assert!(!release(br#"{"action":"deleted","release":{}}"#).unwrap());
         assert!(release(br#"{"zen":"ping"}"#).is_err());

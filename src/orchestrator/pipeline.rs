@@ -8,6 +8,7 @@ use super::{lock, JobRequest, Orchestrator, OrchestratorError};
 use crate::git::{Checkout, GitError, Identity};
 use crate::netkan::index::{self, Change, IndexItem};
 use crate::netkan::repo::NetkanRepo;
+use crate::netkan::webhook::SpaceDockAdd;
 use crate::netkan::Outcome;
 use crate::store::{JobRecord, JobState, ModStatus};
 use serde_json::Value;
@@ -717,40 +718,42 @@ impl Orchestrator {
             None => false,
         };
         co.reset().await?;
-        if pushed {
-            self.open_pull_request(item, &branch, co.branch()).await?;
-            self.pipeline.counters.pull_requests.fetch_add(1, Relaxed);
-            tracing::info!(%branch, "staged for review");
-        }
-        Ok(())
-    }
-
-    /// `POST {github.api}/repos/{meta_github}/pulls`; one that exists already is fine.
-    async fn open_pull_request(
-        &self,
-        item: &IndexItem,
-        head: &str,
-        base: &str,
-    ) -> Result<(), OrchestratorError> {
-        let repo = &self.config.netkan.meta_github;
-        if repo.is_empty() {
-            tracing::warn!(%head, "staged, but netkan.meta_github is not set: no pull request");
+        if !pushed {
             return Ok(());
         }
+        tracing::info!(%branch, "staged for review");
+        let repo = &self.config.netkan.meta_github;
+        if repo.is_empty() {
+            tracing::warn!(%branch, "staged, but netkan.meta_github is not set: no pull request");
+            return Ok(());
+        }
+        let title = format!("NetKAN inflated: {}", item.identifier);
+        let body = item
+            .staging_reason
+            .as_deref()
+            .unwrap_or("Staged for review.");
+        self.open_pull_request(repo, &title, &branch, co.branch(), body)
+            .await
+    }
+
+    /// `POST {github.api}/repos/{repo}/pulls`; one that is open already is fine.
+    async fn open_pull_request(
+        &self,
+        repo: &str,
+        title: &str,
+        head: &str,
+        base: &str,
+        body: &str,
+    ) -> Result<(), OrchestratorError> {
         let g = &self.config.github;
-        let body = serde_json::json!({
-            "title": format!("NetKAN inflated: {}", item.identifier),
-            "head": head,
-            "base": base,
-            "body": item.staging_reason.clone().unwrap_or_else(|| "Staged for review.".into()),
-        });
+        let pull = serde_json::json!({ "title": title, "head": head, "base": base, "body": body });
         let mut req = github_client()
             .map_err(OrchestratorError::Invalid)?
             .post(format!(
                 "{}/repos/{repo}/pulls",
                 g.api.trim_end_matches('/')
             ))
-            .json(&body);
+            .json(&pull);
         if !g.token.is_empty() {
             req = req.bearer_auth(&g.token);
         }
@@ -761,6 +764,7 @@ impl Orchestrator {
         let status = resp.status();
         // 422: a pull request for this branch is open already
         if status.is_success() || status.as_u16() == 422 {
+            self.pipeline.counters.pull_requests.fetch_add(1, Relaxed);
             return Ok(());
         }
         let text = resp.text().await.unwrap_or_default();
@@ -768,6 +772,64 @@ impl Orchestrator {
             "pull request for {head}: GitHub answered {status}: {}",
             text.chars().take(300).collect::<String>()
         )))
+    }
+
+    /// SpaceDock's `/sd/add`: the generated netkan on branch `add/<identifier>` of the NetKAN
+    /// repository, and a pull request for it. Returns the branch.
+    pub async fn spacedock_add(&self, add: &SpaceDockAdd) -> Result<String, OrchestratorError> {
+        let n = &self.config.netkan;
+        let bad =
+            |e: crate::netkan::webhook::WebhookError| OrchestratorError::Invalid(e.to_string());
+        let id = add.identifier().map_err(bad)?;
+        let text = add.netkan().map_err(bad)?;
+        if n.repo_url.is_empty() || n.repo_github.is_empty() {
+            return Err(OrchestratorError::Invalid(
+                "adding mods needs netkan.repo_url and netkan.repo_github".into(),
+            ));
+        }
+        let dir = self.config.netkan_repo_dir().ok_or_else(|| {
+            OrchestratorError::Invalid("no NetKAN repository is configured".into())
+        })?;
+        let branch = format!("add/{id}");
+        let _held = self.pipeline.queueing.lock().await;
+        let co = Checkout::sync(&n.repo_url, &dir, &self.git_identity()).await?;
+        let sub = if co.dir().join("NetKAN").is_dir() {
+            "NetKAN/"
+        } else {
+            ""
+        };
+        let path = format!("{sub}{id}.netkan");
+        if co.dir().join(&path).exists() {
+            return Err(OrchestratorError::Invalid(format!(
+                "{id} is in the NetKAN repository already ({path})"
+            )));
+        }
+        let tip = format!("origin/{}", co.branch());
+        let pushed = async {
+            co.git(&["checkout", "--quiet", "--force", "-B", &branch, &tip])
+                .await?;
+            std::fs::write(co.dir().join(&path), &text).map_err(GitError::Spawn)?;
+            co.commit(&[&path], &format!("Add {} from SpaceDock", add.name))
+                .await?;
+            co.push(&branch, &branch, true).await
+        }
+        .await;
+        co.reset().await?;
+        if !pushed? {
+            return Err(OrchestratorError::Invalid(format!(
+                "the push of {branch} was refused"
+            )));
+        }
+        let title = format!("Add {} from SpaceDock", add.name);
+        self.open_pull_request(
+            &n.repo_github,
+            &title,
+            &branch,
+            co.branch(),
+            &add.description(),
+        )
+        .await?;
+        Ok(branch)
     }
 }
 
