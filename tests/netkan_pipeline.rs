@@ -1,10 +1,11 @@
-//! The NetKAN pipeline on a real cluster: a NetKAN repository and a metadata repository
-//! behind `git daemon`, the scheduler (held back by a low GitHub rate limit, then running),
-//! inflate jobs on two workers, the indexer's commits and its pull request for a staged mod,
+//! The NetKAN pipeline on a real cluster: a NetKAN repository (the corpus' mods and a few
+//! generated ones) and a metadata repository behind `git daemon`, the scheduler (held back by a low GitHub rate limit, then running),
+//! inflate jobs on two workers, the indexer's commits and its pull requests for staged mods,
 //! the mirror of the redistributable new versions to an archive, the status page, signed
 //! GitHub webhooks, and a webhook that overtakes a full scheduled batch.
 
 mod common;
+mod corpus;
 mod upstream;
 
 use common::apps::GitServer;
@@ -70,6 +71,11 @@ fn push_payload(branch: &str, repo: &str, modified: &[&str]) -> Value {
     })
 }
 
+/// A `.ckan`'s version as its file name writes it.
+fn version_of(ckan: &Value) -> String {
+    ckan["version"].as_str().unwrap().replace(':', "-")
+}
+
 async fn pipeline(client: &kraken::client::Client) -> Value {
     client.graphql(PIPELINE, json!({})).await.unwrap()["netkanPipeline"].clone()
 }
@@ -79,54 +85,75 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
     if !real_parts_present() {
         return;
     }
+    let Some(corpus_dir) = corpus::corpus() else {
+        return;
+    };
     let up = Upstream::start_on(&docker_bridge_ip()).await;
     let root = tempfile::tempdir().unwrap();
     let git = GitServer::start(root.path());
     let bare_meta: PathBuf = root.path().join("git").join("CKAN-meta.git");
 
-    // 27 mods, a staged one, one whose host is gone, a frozen one: 30 files
+    // the corpus' 25 mods (two of them staged), served as their hosts answered; four
+    // generated ones (Gen2 under a restricted license), one whose host is gone, one frozen
+    let mods = corpus::load_mods(&corpus_dir);
+    let ups = corpus::corpus_upstreams(&up, &mods);
     let mut files: Vec<(String, String)> = Vec::new();
-    let mut good = Vec::new();
-    for n in 0..27 {
+    for m in &mods {
+        corpus::serve_mod(&up, &ups, m, &corpus_dir);
+        files.push((format!("NetKAN/{}.netkan", m.id), m.netkan.clone()));
+    }
+    // WildBlueTools asks for review; ETT sorts below its previous version and gets a new
+    // epoch, which is staged too
+    let staged: Vec<&corpus::Mod> = mods.iter().filter(|m| m.staged()).collect();
+    assert_eq!(staged.len(), 2, "the corpus' staged mods");
+    let mut expected: Vec<String> = mods
+        .iter()
+        .filter(|m| !m.staged())
+        .map(|m| format!("NetKAN added mod - {}-{}", m.id, version_of(&m.ckan)))
+        .collect();
+    for n in 0..4 {
         let (id, mut text) = up.generated_mod(n);
-        if n == 25 {
+        if n == 2 {
             text = text.replace("license: MIT", "license: restricted");
         }
         files.push((format!("NetKAN/{id}.netkan"), text));
-        good.push(id);
+        expected.push(format!("NetKAN added mod - {id}-1.{n}"));
     }
-    // the archive takes each redistributable version's file
+    files.push((
+        "NetKAN/Gone.netkan".into(),
+        "identifier: Gone\n$kref: '#/ckan/github/gen/Gone'\nlicense: MIT\n".into(),
+    ));
+    let (cold, text) = up.generated_mod(4);
+    files.push((format!("NetKAN/{cold}.netkan"), text));
+    files.push((format!("NetKAN/{cold}.frozen"), String::new()));
+    let not_frozen = files.iter().filter(|(p, _)| p.ends_with(".netkan")).count() - 1;
+    // the archive takes every upload
+    up.route("PUT /ia/*", Answer::json(&json!({})));
     let archived = |id: &str, n: usize, version: &str| {
         let zip = upstream::generated_zip(id, n);
         let sha1 = hex::encode(<sha1::Sha1 as sha1::Digest>::digest(&zip));
         format!("/ia/{id}-{version}/{}-{id}-{version}.zip", &sha1[..8])
     };
-    for n in 0..27 {
-        let path = archived(&format!("Gen{n}"), n, &format!("1.{n}"));
-        up.route(&format!("PUT {path}"), Answer::json(&json!({})));
-    }
-    up.route(
-        &format!("PUT {}", archived("Gen3", 3, "2.0")),
-        Answer::json(&json!({})),
-    );
-    let (staged, text) = up.generated_mod(27);
-    files.push((
-        format!("NetKAN/{staged}.netkan"),
-        format!(
-            "{text}x_netkan_staging: true\nx_netkan_staging_reason: A new dependency to review\n"
-        ),
-    ));
-    files.push((
-        "NetKAN/Gone.netkan".into(),
-        "identifier: Gone\n$kref: '#/ckan/github/gen/Gone'\nlicense: MIT\n".into(),
-    ));
-    let (cold, text) = up.generated_mod(28);
-    files.push((format!("NetKAN/{cold}.netkan"), text));
-    files.push((format!("NetKAN/{cold}.frozen"), String::new()));
     std::fs::create_dir_all(root.path().join("git/NetKAN.work/NetKAN")).unwrap();
     let list: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
     let netkan_url = git.publish("NetKAN", &list);
-    let meta_url = git.publish("CKAN-meta", &[("README.md", "CKAN metadata\n".into())]);
+    // the metadata repository holds each corpus mod's version before this one, so the
+    // out-of-order check sees what the official inflator saw
+    let mut meta_files: Vec<(String, String)> =
+        vec![("README.md".into(), "CKAN metadata\n".into())];
+    for m in &mods {
+        if let Some(before) = &m.highest {
+            std::fs::create_dir_all(root.path().join("git/CKAN-meta.work").join(&m.id)).unwrap();
+            let ckan = json!({"spec_version": 1, "identifier": m.id, "version": before});
+            let path = format!("{0}/{0}-{1}.ckan", m.id, before.replace(':', "-"));
+            meta_files.push((path, format!("{ckan:#}\n")));
+        }
+    }
+    let meta_list: Vec<(&str, String)> = meta_files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.clone()))
+        .collect();
+    let meta_url = git.publish("CKAN-meta", &meta_list);
 
     // GitHub's API for the orchestrator: a low rate limit first, and pull requests
     let rate = |left: u64| {
@@ -159,9 +186,14 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
             ("KRAKEN_NETKAN_ARCHIVE_URL", &archive),
         ],
     );
+    let spacedock = format!("{}/sd", up.base);
+    let rewrite: Vec<String> = ups.extra.iter().map(|(p, r)| format!("{p}={r}")).collect();
+    let rewrite = rewrite.join(",");
     let upstream_env = [
         ("KRAKEN_GITHUB_API", api.as_str()),
         ("KRAKEN_GITHUB_WEB", web.as_str()),
+        ("KRAKEN_SPACEDOCK_URL", spacedock.as_str()),
+        ("KRAKEN_NETKAN_REWRITE", rewrite.as_str()),
         ("KRAKEN_CLUSTER_VOTERS", "1"),
         ("KRAKEN_NETKAN_ARCHIVE_URL", archive.as_str()),
         ("KRAKEN_NETKAN_ARCHIVE_ACCESS", "ia-access"),
@@ -193,62 +225,115 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
 
     // then the rounds run: every mod but the frozen one is inflated, and indexed
     up.route("/gh-api/rate_limit", rate(5000));
-    let expected: Vec<String> = good
-        .iter()
-        .enumerate()
-        .map(|(n, id)| format!("NetKAN added mod - {id}-1.{n}"))
-        .collect();
-    wait_until(
-        "every mod is committed to the metadata repository",
-        Duration::from_secs(300),
-        || {
-            let s = subjects(&bare_meta);
-            expected.iter().all(|e| s.contains(e)).then_some(())
+    let deadline = std::time::Instant::now() + Duration::from_secs(200);
+    loop {
+        let s = subjects(&bare_meta);
+        let missing: Vec<&String> = expected.iter().filter(|e| !s.contains(e)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "not committed within 200 s: {missing:?}\ncommitted: {s:?}\n{}",
+                orch.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // the next round inflates them all again and indexes nothing new
+    let inflatable = not_frozen as u64 - 1;
+    wait_until_async(
+        "a second round is indexed",
+        Duration::from_secs(60),
+        || async {
+            let p = pipeline(&client).await;
+            (p["inflated"].as_u64() >= Some(2 * inflatable) && p["indexQueue"] == 0).then_some(())
         },
-    );
+    )
+    .await;
     let s = subjects(&bare_meta);
     assert_eq!(
         s.iter().filter(|s| s.starts_with("NetKAN ")).count(),
-        27,
+        expected.len(),
         "one commit per mod, none twice though rounds repeat: {s:?}"
     );
     let ckan: Value = serde_json::from_str(
-        &bare_git(&bare_meta, &["show", "main:Gen4/Gen4-1.4.ckan"]).expect("Gen4's .ckan"),
+        &bare_git(&bare_meta, &["show", "main:Gen0/Gen0-1.0.ckan"]).expect("Gen0's .ckan"),
     )
     .unwrap();
-    assert_eq!(ckan["identifier"], "Gen4");
-    assert_eq!(ckan["version"], "1.4");
+    assert_eq!(ckan["identifier"], "Gen0");
+    assert_eq!(ckan["version"], "1.0");
+    for m in mods.iter().filter(|m| !m.staged()) {
+        let path = format!("main:{0}/{0}-{1}.ckan", m.id, version_of(&m.ckan));
+        let text = bare_git(&bare_meta, &["show", &path]).expect("a corpus mod's .ckan");
+        let got: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(got["version"], m.ckan["version"], "{}", m.id);
+        assert_eq!(got["license"], m.ckan["license"], "{}", m.id);
+    }
     assert!(
         bare_git(&bare_meta, &["show", &format!("main:{cold}")]).is_none(),
         "frozen: not inflated"
     );
 
-    // the staged mod is a branch and a pull request, not on main
-    let branch = format!("add/{staged}-1.27");
-    wait_until(
-        "the staged mod's branch is pushed",
-        Duration::from_secs(60),
+    // the staged mods are a branch and a pull request each, not on main
+    for m in &staged {
+        let branch = format!("add/{}-{}", m.id, version_of(&m.ckan));
+        wait_until(
+            "the staged mod's branch is pushed",
+            Duration::from_secs(60),
+            || {
+                bare_git(
+                    &bare_meta,
+                    &["rev-parse", "--verify", &format!("refs/heads/{branch}")],
+                )
+            },
+        );
+        let path = format!("main:{0}/{0}-{1}.ckan", m.id, version_of(&m.ckan));
+        assert!(bare_git(&bare_meta, &["show", &path]).is_none(), "{path}");
+        assert!(
+            bare_git(&bare_meta, &["show", &format!("{branch}:{}", &path[5..])]).is_some(),
+            "{path} on {branch}"
+        );
+    }
+    let pulls: Vec<Value> = wait_until(
+        "the pull requests are opened",
+        Duration::from_secs(30),
         || {
-            bare_git(
-                &bare_meta,
-                &["rev-parse", "--verify", &format!("refs/heads/{branch}")],
-            )
+            let b = up.bodies.lock().unwrap().clone();
+            let p: Vec<Value> = b
+                .iter()
+                .filter(|(hit, _)| hit == "POST /gh-api/repos/test/CKAN-meta/pulls")
+                .map(|(_, body)| serde_json::from_slice(body).unwrap())
+                .collect();
+            (p.len() >= staged.len()).then_some(p)
         },
     );
-    assert!(bare_git(&bare_meta, &["show", &format!("main:{staged}")]).is_none());
-    let pulls: Vec<Value> = wait_until("a pull request is opened", Duration::from_secs(30), || {
-        let b = up.bodies.lock().unwrap().clone();
-        let p: Vec<Value> = b
+    assert_eq!(
+        pulls.len(),
+        staged.len(),
+        "one pull request each: {pulls:?}"
+    );
+    for m in &staged {
+        let pull = pulls
             .iter()
-            .filter(|(hit, _)| hit == "POST /gh-api/repos/test/CKAN-meta/pulls")
-            .map(|(_, body)| serde_json::from_slice(body).unwrap())
-            .collect();
-        (!p.is_empty()).then_some(p)
-    });
-    assert_eq!(pulls[0]["title"], format!("NetKAN inflated: {staged}"));
-    assert_eq!(pulls[0]["head"], branch);
-    assert_eq!(pulls[0]["base"], "main");
-    assert_eq!(pulls[0]["body"], "A new dependency to review");
+            .find(|p| p["title"] == format!("NetKAN inflated: {}", m.id))
+            .unwrap_or_else(|| panic!("a pull request for {}: {pulls:?}", m.id));
+        assert_eq!(
+            pull["head"],
+            format!("add/{}-{}", m.id, version_of(&m.ckan))
+        );
+        assert_eq!(pull["base"], "main");
+        let body = pull["body"].as_str().unwrap();
+        match kraken::netkan::transform::parse(&m.netkan).unwrap()[0].get("x_netkan_staging_reason")
+        {
+            Some(reason) => assert_eq!(body, reason.as_str().unwrap()),
+            None => assert!(
+                body.contains("Auto-epoching out of order version"),
+                "{}: {body}",
+                m.id
+            ),
+        }
+    }
     assert!(up
         .auth
         .lock()
@@ -263,10 +348,30 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
             .filter(|(hit, _)| hit.starts_with("PUT /ia/"))
             .collect()
     };
-    let expected_puts: Vec<String> = (0..27)
-        .filter(|n| *n != 25)
-        .map(|n| format!("PUT {}", archived(&format!("Gen{n}"), n, &format!("1.{n}"))))
+    let mut expected_puts: Vec<String> = [0, 1, 3]
+        .iter()
+        .map(|&n| format!("PUT {}", archived(&format!("Gen{n}"), n, &format!("1.{n}"))))
         .collect();
+    // and the corpus mods that may be copied (their zips, not GitHub source archives)
+    for m in mods.iter().filter(|m| !m.staged()) {
+        let ckan = m.ckan.as_object().unwrap();
+        if kraken::netkan::ckan::redistributable(ckan)
+            && m.ckan["download_content_type"] != "application/vnd.github+json"
+        {
+            let item: String = format!("{}-{}", m.id, version_of(&m.ckan))
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            expected_puts.push(format!("PUT /ia/{item}/"));
+        }
+    }
+    assert!(expected_puts.len() > 10, "{expected_puts:?}");
     wait_until(
         "the new versions are in the archive",
         Duration::from_secs(120),
@@ -274,22 +379,22 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
             let done = puts(&up);
             expected_puts
                 .iter()
-                .all(|e| done.iter().any(|(hit, _)| hit == e))
+                .all(|e| done.iter().any(|(hit, _)| hit.starts_with(e.as_str())))
                 .then_some(())
         },
     );
     let done = puts(&up);
     assert!(
-        !done.iter().any(|(hit, _)| hit.contains("Gen25")),
+        !done.iter().any(|(hit, _)| hit.contains("/Gen2-")),
         "restricted: not mirrored"
     );
     let (_, gen7) = done
         .iter()
-        .find(|(hit, _)| hit.contains("/Gen7-1.7/"))
+        .find(|(hit, _)| hit.contains("/Gen1-1.1/"))
         .unwrap();
     assert_eq!(
         *gen7,
-        upstream::generated_zip("Gen7", 7),
+        upstream::generated_zip("Gen1", 1),
         "the verified download is what was uploaded"
     );
     assert!(up
@@ -300,10 +405,10 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
         .any(|(t, a)| t.starts_with("/ia/") && a == "LOW ia-access:ia-secret"));
 
     // a push to the metadata repository mirrors what it added; what is there is skipped
-    let gen7_path = archived("Gen7", 7, "1.7");
-    up.route(&format!("HEAD {gen7_path}"), Answer::json(&json!({})));
+    let gen1_path = archived("Gen1", 1, "1.1");
+    up.route(&format!("HEAD {gen1_path}"), Answer::json(&json!({})));
     let mut meta_push = push_payload("main", "test/CKAN-meta", &[]);
-    meta_push["commits"][0]["added"] = json!(["Gen7/Gen7-1.7.ckan"]);
+    meta_push["commits"][0]["added"] = json!(["Gen1/Gen1-1.1.ckan"]);
     let (code, body) = deliver(
         &format!("{}/gh/mirror", orch.url()),
         "push",
@@ -383,7 +488,7 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
     assert_eq!(frozen["netkanStatus"], json!([{"identifier": cold}]));
     let p = pipeline(&client).await;
     assert!(
-        p["indexed"].as_u64() >= Some(27) && p["pullRequests"] == 1,
+        p["indexed"].as_u64() >= Some(expected.len() as u64) && p["pullRequests"] == staged.len(),
         "{p}"
     );
     let metrics = reqwest::get(format!("{}/metrics", orch.url()))
@@ -530,7 +635,8 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
         "a full scheduled round waits",
         Duration::from_secs(60),
         || async {
-            (pipeline(&client).await["inflateQueuedMods"].as_u64() >= Some(29)).then_some(())
+            (pipeline(&client).await["inflateQueuedMods"].as_u64() >= Some(not_frozen as u64))
+                .then_some(())
         },
     )
     .await;

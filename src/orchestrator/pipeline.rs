@@ -288,6 +288,7 @@ impl Orchestrator {
         identifiers: &[String],
         only_known: bool,
     ) -> Result<Vec<JobRecord>, OrchestratorError> {
+        self.refresh_meta().await;
         let _held = self.pipeline.queueing.lock().await;
         self.sync_netkan_held().await?;
         let mut ids = identifiers.to_vec();
@@ -326,6 +327,21 @@ impl Orchestrator {
             .filter(|m| crate::netkan::webhook::krefs_spacedock(&m.text, mod_id))
             .map(|m| m.identifier)
             .collect())
+    }
+
+    /// Brings the metadata checkout to its remote's tip, so the highest versions read from
+    /// it for the out-of-order check are current; a failure is logged and the last state used.
+    async fn refresh_meta(&self) {
+        let n = &self.config.netkan;
+        if n.meta_url.is_empty() {
+            return;
+        }
+        let _held = self.pipeline.meta.lock().await;
+        if let Err(error) =
+            Checkout::sync(&n.meta_url, &self.meta_dir(), &self.git_identity()).await
+        {
+            tracing::warn!(%error, "cannot bring the metadata repository up to date");
+        }
     }
 
     /// Removes mods from a queued inflate job; cancels it when none are left. A job that
@@ -479,6 +495,7 @@ impl Orchestrator {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "cannot ask GitHub's rate limit; going on"),
         }
+        self.refresh_meta().await;
         let _held = self.pipeline.queueing.lock().await;
         self.sync_netkan_held().await?;
         let repo = self.netkan_repo()?;
@@ -705,6 +722,11 @@ impl Orchestrator {
     /// A staged `.ckan` goes to branch `add/<id>-<version>` and a pull request.
     async fn stage(&self, co: &Checkout, item: &IndexItem) -> Result<(), OrchestratorError> {
         let branch = format!("add/{}", item.stem());
+        // staged before with these very bytes: the branch and its pull request stand
+        let there = format!("origin/{branch}:{}", item.path());
+        if co.git(&["show", &there]).await.ok().as_deref() == Some(item.ckan.as_str()) {
+            return Ok(());
+        }
         let tip = format!("origin/{}", co.branch());
         co.git(&["checkout", "--quiet", "--force", "-B", &branch, &tip])
             .await?;

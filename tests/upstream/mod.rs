@@ -147,7 +147,7 @@ impl Upstream {
     }
 
     /// Answers `path` (a path with optional query, below the server's root), or
-    /// `METHOD /path` for that method only.
+    /// `METHOD /path` for that method only; a trailing `*` makes it a prefix.
     pub fn route(&self, path: &str, answer: Answer) {
         self.routes.lock().unwrap().insert(path.to_owned(), answer);
     }
@@ -215,6 +215,14 @@ impl Upstream {
                     .get(&format!("{method} {path_only}"))
                     .or_else(|| routes.get(&target))
                     .or_else(|| routes.get(path_only))
+                    // then a route ending in `*` answers everything it is a prefix of
+                    .or_else(|| {
+                        let full = format!("{method} {path_only}");
+                        routes.iter().find_map(|(k, a)| {
+                            let prefix = k.strip_suffix('*')?;
+                            (full.starts_with(prefix) || path_only.starts_with(prefix)).then_some(a)
+                        })
+                    })
                     .cloned()
                     .unwrap_or_else(|| Answer::status(404))
             };
