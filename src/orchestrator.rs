@@ -845,8 +845,10 @@ impl Orchestrator {
             lock(&self.sched).active.remove(&id);
             self.notify(&job);
             self.wake.notify_one();
-            if job.kind == "inflate" && job.state == JobState::Succeeded {
-                self.inflate_finished(&job)?;
+            match (job.kind.as_str(), &job.state) {
+                ("inflate", JobState::Succeeded) => self.inflate_finished(&job)?,
+                ("mirror", JobState::Succeeded | JobState::Failed) => self.mirror_finished(&job)?,
+                _ => {}
             }
         }
         Ok(())

@@ -17,7 +17,7 @@ use std::time::Duration;
 use upstream::{docker_bridge_ip, Answer, Upstream};
 
 const SECRET: &str = "hook-secret";
-const PIPELINE: &str = "{ netkanPipeline { inflateQueuedMods indexQueue rounds roundsSkipped inflated indexed pullRequests } }";
+const PIPELINE: &str = "{ netkanPipeline { inflateQueuedMods indexQueue rounds roundsSkipped inflated indexed pushesRefused pullRequests } }";
 
 /// `git --git-dir <bare> args…`, its output.
 fn bare_git(bare: &Path, args: &[&str]) -> Option<String> {
@@ -134,7 +134,6 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
         let sha1 = hex::encode(<sha1::Sha1 as sha1::Digest>::digest(&zip));
         format!("/ia/{id}-{version}/{}-{id}-{version}.zip", &sha1[..8])
     };
-    std::fs::create_dir_all(root.path().join("git/NetKAN.work/NetKAN")).unwrap();
     let list: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
     let netkan_url = git.publish("NetKAN", &list);
     // the metadata repository holds each corpus mod's version before this one, so the
@@ -143,7 +142,6 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
         vec![("README.md".into(), "CKAN metadata\n".into())];
     for m in &mods {
         if let Some(before) = &m.highest {
-            std::fs::create_dir_all(root.path().join("git/CKAN-meta.work").join(&m.id)).unwrap();
             let ckan = json!({"spec_version": 1, "identifier": m.id, "version": before});
             let path = format!("{0}/{0}-{1}.ckan", m.id, before.replace(':', "-"));
             meta_files.push((path, format!("{ckan:#}\n")));
@@ -154,6 +152,8 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
         .map(|(p, t)| (p.as_str(), t.clone()))
         .collect();
     let meta_url = git.publish("CKAN-meta", &meta_list);
+    // the indexer's first push finds that someone pushed first
+    git.push_first_next_time("CKAN-meta");
 
     // GitHub's API for the orchestrator: a low rate limit first, and pull requests
     let rate = |left: u64| {
@@ -256,6 +256,16 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
         s.iter().filter(|s| s.starts_with("NetKAN ")).count(),
         expected.len(),
         "one commit per mod, none twice though rounds repeat: {s:?}"
+    );
+    // the indexer redid its commits on top of the other push, and kept it
+    assert!(s.contains(&"Someone else pushed first".to_owned()), "{s:?}");
+    assert!(
+        bare_git(&bare_meta, &["show", "main:SOMEONE_ELSE.md"]).is_some(),
+        "the other push's file stays"
+    );
+    assert!(
+        pipeline(&client).await["pushesRefused"].as_u64() >= Some(1),
+        "the refused push is counted"
     );
     let ckan: Value = serde_json::from_str(
         &bare_git(&bare_meta, &["show", "main:Gen0/Gen0-1.0.ckan"]).expect("Gen0's .ckan"),
@@ -740,4 +750,154 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
     );
     drop(orch);
     drop(w1);
+}
+
+/// A hand-written `.ckan` pushed to the metadata repository.
+fn handmade_ckan(id: &str, version: &str, sha1: &str, sha256: &str) -> String {
+    let ckan = json!({
+        "spec_version": 1, "identifier": id, "name": id, "abstract": "Made by hand",
+        "author": "gen", "license": "MIT", "version": version,
+        "download": format!("https://github.com/gen/{id}/releases/download/{version}/{id}.zip"),
+        "download_hash": {"sha1": sha1, "sha256": sha256},
+        "download_content_type": "application/zip",
+    });
+    format!("{ckan:#}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_reports_a_hash_mismatch_and_retries_an_upload_cut_off() {
+    if !real_parts_present() {
+        return;
+    }
+    let up = Upstream::start_on(&docker_bridge_ip()).await;
+    let root = tempfile::tempdir().unwrap();
+    let git = GitServer::start(root.path());
+    // Gen5's .ckan says what its host serves; Gen6's hashes are not those of its download
+    let (good, _) = up.generated_mod(5);
+    let (bad, _) = up.generated_mod(6);
+    let zip = upstream::generated_zip(&good, 5);
+    let sha1 = hex::encode(<sha1::Sha1 as sha1::Digest>::digest(&zip));
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&zip));
+    let good_path = format!("{good}/{good}-1.5.ckan");
+    let bad_path = format!("{bad}/{bad}-1.6.ckan");
+    let meta_url = git.publish(
+        "CKAN-meta",
+        &[
+            (&good_path, handmade_ckan(&good, "1.5", &sha1, &sha256)),
+            (
+                &bad_path,
+                handmade_ckan(&bad, "1.6", &"0".repeat(40), &"0".repeat(64)),
+            ),
+        ],
+    );
+    // the archive takes uploads, but cuts the first one of Gen5 off halfway
+    let stored = format!("/ia/{good}-1.5/{}-{good}-1.5.zip", &sha1[..8]);
+    up.route("PUT /ia/*", Answer::json(&json!({})));
+    up.route_once(&format!("PUT {stored}"), Answer::cut());
+
+    let archive = format!("{}/ia", up.base);
+    let web = format!("{}/gh-web", up.base);
+    let orch = Agent::orchestrator(
+        root.path(),
+        0,
+        &[
+            ("KRAKEN_NETKAN_META_URL", &meta_url),
+            ("KRAKEN_NETKAN_META_GITHUB", "test/CKAN-meta"),
+            ("KRAKEN_NETKAN_WEBHOOK_SECRET", SECRET),
+            ("KRAKEN_NETKAN_ARCHIVE_URL", &archive),
+            ("KRAKEN_ORCHESTRATOR_RETRY_BACKOFF_MS", "200"),
+            ("KRAKEN_CLUSTER_VOTERS", "1"),
+        ],
+    );
+    let _w = Agent::worker(
+        root.path(),
+        "w1",
+        &orch,
+        1,
+        &[
+            ("KRAKEN_GITHUB_WEB", web.as_str()),
+            ("KRAKEN_NETKAN_ARCHIVE_URL", archive.as_str()),
+            ("KRAKEN_NETKAN_ARCHIVE_ACCESS", "ia-access"),
+            ("KRAKEN_NETKAN_ARCHIVE_SECRET", "ia-secret"),
+            ("KRAKEN_CLUSTER_VOTERS", "1"),
+        ],
+    );
+    orch.wait_ready(1).await;
+    let client = orch.client();
+
+    // whoever watches Gen6's status hears of the mismatch
+    let (ready, registered) = tokio::sync::oneshot::channel();
+    let events = tokio::spawn(collect_events(
+        format!("{}/graphql/ws", orch.url().replace("http://", "ws://")),
+        orch.operator_token(),
+        "subscription { netkanStatusEvents(identifier: \"Gen6\") { identifier lastError } }",
+        "netkanStatusEvents",
+        ready,
+        |events| !events.is_empty(),
+    ));
+    registered.await.unwrap();
+
+    let mut push = push_payload("main", "test/CKAN-meta", &[]);
+    push["commits"][0]["added"] = json!([good_path, bad_path]);
+    let (code, body) = deliver(
+        &format!("{}/gh/mirror", orch.url()),
+        "push",
+        &push,
+        Some(SECRET),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["jobs"][0].as_str().unwrap().to_owned();
+    let j = wait_final(&client, std::slice::from_ref(&id), Duration::from_secs(120)).await;
+    let j = &j[0];
+    // the cut-off upload failed the first attempt; the second uploaded it
+    assert_eq!(j["state"], "SUCCEEDED", "{j}");
+    assert_eq!(j["attempts"].as_array().map(Vec::len), Some(2), "{j}");
+    assert_eq!(j["result"]["mirrored"][0]["identifier"], good, "{j}");
+    let uploads: Vec<Vec<u8>> = up
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(hit, _)| *hit == format!("PUT {stored}"))
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(uploads, vec![zip], "Gen5's download, whole, once");
+    // Gen6 is never uploaded, and its status says why
+    let error = j["result"]["failed"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.starts_with("hash mismatch"), "{j}");
+    assert!(!up
+        .hits
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|h| h.starts_with("PUT /ia/Gen6")));
+    let status = client.get("/status/netkan.json").await.unwrap();
+    let last_error = status[&bad]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.starts_with("mirroring: hash mismatch"),
+        "{}",
+        status[&bad]
+    );
+    assert!(status[&good]["last_error"].is_null(), "{}", status[&good]);
+    let events = tokio::time::timeout(Duration::from_secs(10), events)
+        .await
+        .expect("a status event")
+        .unwrap();
+    assert_eq!(events[0]["identifier"], "Gen6");
+    assert!(events[0]["lastError"]
+        .as_str()
+        .unwrap()
+        .contains("hash mismatch"));
+    let p = client
+        .graphql("{ netkanPipeline { mirrored mirrorFailed } }", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        p["netkanPipeline"],
+        json!({"mirrored": 1, "mirrorFailed": 1})
+    );
+    assert!(orch.log().contains("not mirrored"), "the log says so");
 }

@@ -529,6 +529,10 @@ pub struct PipelineView {
     pub index_failures: u64,
     pub pushes_refused: u64,
     pub pull_requests: u64,
+    /// Downloads uploaded to the archive.
+    pub mirrored: u64,
+    /// Downloads that could not be mirrored (a hash mismatch, or failed for good).
+    pub mirror_failed: u64,
 }
 
 impl PipelineView {
@@ -546,6 +550,8 @@ impl PipelineView {
             index_failures: c.index_failures.load(Relaxed),
             pushes_refused: c.pushes_refused.load(Relaxed),
             pull_requests: c.pull_requests.load(Relaxed),
+            mirrored: c.mirrored.load(Relaxed),
+            mirror_failed: c.mirror_failed.load(Relaxed),
         }
     }
 }

@@ -712,6 +712,18 @@ async fn metrics(s: &State<ApiState>) -> ApiResult<(ContentType, String)> {
             "Staged mods sent as pull requests.",
             p.pull_requests,
         ),
+        (
+            "netkan_mirrored_total",
+            "counter",
+            "Downloads uploaded to the archive.",
+            p.mirrored,
+        ),
+        (
+            "netkan_mirror_failed_total",
+            "counter",
+            "Downloads that could not be mirrored.",
+            p.mirror_failed,
+        ),
     ] {
         let _ = writeln!(
             m,

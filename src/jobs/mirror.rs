@@ -244,7 +244,7 @@ impl JobKind for Mirror {
                 match archive.mirror(m, &t, &fetcher).await {
                     Ok(true) => {
                         ctx.log(&format!("{id}: mirrored as {}/{}", t.item, t.file));
-                        mirrored.push(json!({"item": t.item, "file": t.file}));
+                        mirrored.push(json!({"identifier": id, "item": t.item, "file": t.file}));
                     }
                     Ok(false) => {
                         ctx.log(&format!("{id}: already in the archive"));

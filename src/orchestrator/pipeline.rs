@@ -59,6 +59,8 @@ pub struct PipelineCounters {
     pub index_failures: AtomicU64,
     pub pushes_refused: AtomicU64,
     pub pull_requests: AtomicU64,
+    pub mirrored: AtomicU64,
+    pub mirror_failed: AtomicU64,
 }
 
 impl Default for Pipeline {
@@ -369,6 +371,79 @@ impl Orchestrator {
         })?;
         if changed.is_none() && left == 0 {
             self.cancel(job).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies a finished mirror job to the status of the mods it named: an upload that
+    /// failed for good (a hash mismatch, say) is the mod's `last_error`, prefixed
+    /// `mirroring:`; a mod mirrored or found in the archive loses such an error. Called
+    /// once per job, when it succeeded or failed for good.
+    pub(super) fn mirror_finished(&self, job: &JobRecord) -> Result<(), OrchestratorError> {
+        const PREFIX: &str = "mirroring: ";
+        let c = &self.pipeline.counters;
+        let mut errors: Vec<(String, String)> = Vec::new();
+        let mut fine: Vec<String> = Vec::new();
+        match (&job.state, job.result.as_ref()) {
+            (JobState::Succeeded, Some(result)) => {
+                let list = |k: &str| result.get(k).and_then(Value::as_array).cloned();
+                let mirrored = list("mirrored").unwrap_or_default();
+                c.mirrored.fetch_add(mirrored.len() as u64, Relaxed);
+                for entry in mirrored
+                    .iter()
+                    .chain(list("skipped").unwrap_or_default().iter())
+                {
+                    if let Some(id) = entry.get("identifier").and_then(Value::as_str) {
+                        fine.push(id.to_owned());
+                    }
+                }
+                for f in list("failed").unwrap_or_default() {
+                    if let (Some(id), Some(e)) = (
+                        f.get("identifier").and_then(Value::as_str),
+                        f.get("error").and_then(Value::as_str),
+                    ) {
+                        errors.push((id.to_owned(), e.to_owned()));
+                    }
+                }
+            }
+            (JobState::Failed, _) => {
+                let why = job.error.clone().unwrap_or_else(|| "the job failed".into());
+                for text in job
+                    .spec
+                    .get("ckans")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let id = text
+                        .as_str()
+                        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                        .and_then(|m| {
+                            m.get("identifier")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned)
+                        });
+                    if let Some(id) = id {
+                        errors.push((id, why.clone()));
+                    }
+                }
+            }
+            _ => return Ok(()),
+        }
+        c.mirror_failed.fetch_add(errors.len() as u64, Relaxed);
+        for (id, error) in errors {
+            tracing::warn!(job = %job.id, identifier = %id, %error, "not mirrored");
+            self.set_mod_status(&id, |s| s.last_error = Some(format!("{PREFIX}{error}")))?;
+        }
+        for id in fine {
+            let stale = self
+                .store
+                .mod_status(&id)?
+                .and_then(|s| s.last_error)
+                .is_some_and(|e| e.starts_with(PREFIX));
+            if stale {
+                self.set_mod_status(&id, |s| s.last_error = None)?;
+            }
         }
         Ok(())
     }

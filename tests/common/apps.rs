@@ -52,6 +52,18 @@ impl GitServer {
         let root = root.join("git");
         std::fs::create_dir_all(&root).unwrap();
         let port = free_port(false);
+        // runs before each connection is served: a `before-<service>` script the test left
+        // runs once, with the repository's path
+        let hook = root.join("access-hook");
+        std::fs::write(
+            &hook,
+            "#!/bin/sh\nunset GIT_DIR\nnext=\"$(dirname \"$0\")/before-$1\"\n\
+             if [ -x \"$next\" ]; then mv \"$next\" \"$next.ran\"; \"$next.ran\" \"$2\" >/dev/null 2>&1; fi\n\
+             exit 0\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let child = Command::new("git")
             .args([
                 "daemon",
@@ -59,6 +71,7 @@ impl GitServer {
                 "--export-all",
                 // the NetKAN indexer pushes to its metadata repository
                 "--enable=receive-pack",
+                &format!("--access-hook={}", hook.display()),
                 &format!("--listen={address}"),
                 &format!("--port={port}"),
                 &format!("--base-path={}", root.display()),
@@ -79,6 +92,23 @@ impl GitServer {
         }
     }
 
+    /// Someone else pushes to `name`'s `main` just before the next push reaches the server
+    /// (the pusher then finds its push refused as not a fast-forward).
+    pub fn push_first_next_time(&self, name: &str) {
+        let bare = self.root.join(format!("{name}.git"));
+        let script = format!(
+            "#!/bin/sh\nset -e\ntmp=$(mktemp -d)\ngit clone -q {bare} \"$tmp\"\ncd \"$tmp\"\n\
+             echo 'pushed by someone else' > SOMEONE_ELSE.md\ngit add SOMEONE_ELSE.md\n\
+             git -c user.name=Someone -c user.email=someone@kraken.invalid commit -q -m 'Someone else pushed first'\n\
+             git push -q origin HEAD:main\nrm -rf \"$tmp\"\n",
+            bare = bare.display()
+        );
+        let path = self.root.join("before-receive-pack");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+
     /// Publishes `files` (path, content) as the `main` branch of repository `name`; returns
     /// its clone URL. Publishing again adds a commit.
     pub fn publish(&self, name: &str, files: &[(&str, String)]) -> String {
@@ -93,7 +123,11 @@ impl GitServer {
             );
         }
         for (path, content) in files {
-            std::fs::write(work.join(path), content).unwrap();
+            let file = work.join(path);
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir).unwrap();
+            }
+            std::fs::write(file, content).unwrap();
         }
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-q", "-m", "publish"]);

@@ -46,6 +46,11 @@ impl Answer {
             body: vec![],
         }
     }
+    /// No answer: the connection is closed after the request's head, before its body is
+    /// read (an upload cut off in the middle).
+    pub fn cut() -> Self {
+        Self::status(0)
+    }
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.into(), v.into()));
         self
@@ -60,6 +65,8 @@ pub type Delivered = (String, Vec<u8>);
 pub struct Upstream {
     pub base: String,
     routes: Arc<Mutex<HashMap<String, Answer>>>,
+    /// Answers given once each, before `routes`.
+    once: Arc<Mutex<HashMap<String, Answer>>>,
     pub hits: Arc<Mutex<Vec<String>>>,
     /// `(target, Authorization header)` of every request that carried one.
     pub auth: Arc<Mutex<Vec<(String, String)>>>,
@@ -80,6 +87,7 @@ impl Upstream {
         let me = Self {
             base,
             routes: Arc::default(),
+            once: Arc::default(),
             hits: Arc::default(),
             auth: Arc::default(),
             bodies: Arc::default(),
@@ -152,6 +160,12 @@ impl Upstream {
         self.routes.lock().unwrap().insert(path.to_owned(), answer);
     }
 
+    /// Answers the next request for `path` (as [`Upstream::route`] names it) with `answer`;
+    /// the ones after it as before.
+    pub fn route_once(&self, path: &str, answer: Answer) {
+        self.once.lock().unwrap().insert(path.to_owned(), answer);
+    }
+
     /// Answers the reachable URL `url` (which must be on this server).
     pub fn route_url(&self, url: &str, answer: Answer) {
         let path = url
@@ -200,32 +214,28 @@ impl Upstream {
                     .unwrap()
                     .push((target.clone(), a.to_owned()));
             }
+            let path_only = target.split('?').next().unwrap_or_default().to_owned();
+            let once = {
+                let mut once = self.once.lock().unwrap();
+                let key = find(&once, &method, &target, &path_only);
+                key.and_then(|k| once.remove(&k))
+            };
+            let answer = once.unwrap_or_else(|| {
+                let routes = self.routes.lock().unwrap();
+                find(&routes, &method, &target, &path_only)
+                    .and_then(|k| routes.get(&k).cloned())
+                    .unwrap_or_else(|| Answer::status(404))
+            });
+            self.hits.lock().unwrap().push(format!("{method} {target}"));
+            if answer.status == 0 {
+                return Ok(());
+            }
             let mut body = vec![0u8; length];
             sock.read_exact(&mut body).await?;
-            self.hits.lock().unwrap().push(format!("{method} {target}"));
             if !body.is_empty() {
                 let hit = format!("{method} {target}");
                 self.bodies.lock().unwrap().push((hit, body.clone()));
             }
-            let answer = {
-                let routes = self.routes.lock().unwrap();
-                let path_only = target.split('?').next().unwrap_or_default();
-                // `METHOD /path` first, for a route that answers one method only
-                routes
-                    .get(&format!("{method} {path_only}"))
-                    .or_else(|| routes.get(&target))
-                    .or_else(|| routes.get(path_only))
-                    // then a route ending in `*` answers everything it is a prefix of
-                    .or_else(|| {
-                        let full = format!("{method} {path_only}");
-                        routes.iter().find_map(|(k, a)| {
-                            let prefix = k.strip_suffix('*')?;
-                            (full.starts_with(prefix) || path_only.starts_with(prefix)).then_some(a)
-                        })
-                    })
-                    .cloned()
-                    .unwrap_or_else(|| Answer::status(404))
-            };
             let mut out = format!("HTTP/1.1 {} X\r\n", answer.status);
             for (k, v) in &answer.headers {
                 out.push_str(&format!("{k}: {v}\r\n"));
@@ -240,6 +250,31 @@ impl Upstream {
             sock.write_all(&bytes).await?;
         }
     }
+}
+
+/// The route of `routes` that answers a request: `METHOD /path` first (a route for one
+/// method), then the target with its query, then the path alone, then a route ending in `*`
+/// that is a prefix of either.
+fn find(
+    routes: &HashMap<String, Answer>,
+    method: &str,
+    target: &str,
+    path_only: &str,
+) -> Option<String> {
+    let full = format!("{method} {path_only}");
+    let exact = [full.as_str(), target, path_only]
+        .into_iter()
+        .find(|k| routes.contains_key(*k))
+        .map(str::to_owned);
+    exact.or_else(|| {
+        routes
+            .keys()
+            .find(|k| {
+                k.strip_suffix('*')
+                    .is_some_and(|p| full.starts_with(p) || path_only.starts_with(p))
+            })
+            .cloned()
+    })
 }
 
 /// A mod's zip: a plugin and a few parts under `GameData/<id>`, about 40 KiB.
