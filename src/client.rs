@@ -1,4 +1,6 @@
-//! The HTTP client of the agent's API, used by the CLI and by a joining worker.
+//! The HTTP client of the agent's API, used by the CLI and by a joining worker. Asked of a
+//! node that does not orchestrate (503), it asks that node who leads and goes there instead,
+//! for this request and the ones after it.
 
 use crate::identity;
 use crate::orchestrator::{JoinRequest, JoinResponse};
@@ -24,6 +26,8 @@ pub enum ClientError {
 /// A client for one agent's API.
 pub struct Client {
     base: String,
+    /// The orchestrator's API, once a node that does not orchestrate named it.
+    leader: std::sync::Mutex<Option<String>>,
     token: Option<String>,
     http: reqwest::Client,
 }
@@ -42,21 +46,69 @@ impl Client {
             .unwrap_or_default();
         Self {
             base: base.trim_end_matches('/').to_owned(),
+            leader: std::sync::Mutex::new(None),
             token,
             http,
         }
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> (String, reqwest::RequestBuilder) {
-        let url = format!("{}{path}", self.base);
+    /// Where requests go: the leader once one was named, else the agent asked for.
+    fn target(&self) -> String {
+        self.leader
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .unwrap_or_else(|| self.base.clone())
+    }
+
+    /// Sends `method path` (with a JSON `body`); on a 503 from a node that does not
+    /// orchestrate, once more to the leader it names.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let asked = self.target();
+        let refused = match self.send(&asked, method.clone(), path, body).await {
+            Err(e @ ClientError::Refused { status: 503, .. }) => e,
+            other => return other,
+        };
+        let Some(leader) = self.leader_of(&asked).await.filter(|l| *l != asked) else {
+            return Err(refused);
+        };
+        tracing::info!(%asked, %leader, "following the orchestrator");
+        if let Ok(mut l) = self.leader.lock() {
+            *l = Some(leader.clone());
+        }
+        self.send(&leader, method, path, body).await
+    }
+
+    /// The API URL of the leader, as the agent at `base` knows it.
+    async fn leader_of(&self, base: &str) -> Option<String> {
+        let v = self
+            .send(base, reqwest::Method::GET, "/api/v1/leader", None)
+            .await
+            .ok()?;
+        let url = v.get("leader_url")?.as_str()?;
+        Some(url.trim_end_matches('/').to_owned())
+    }
+
+    async fn send(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{base}{path}");
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        (url, req)
-    }
-
-    async fn send(&self, url: String, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        if let Some(body) = body {
+            req = req.json(body);
+        }
         let resp = req
             .send()
             .await
@@ -81,13 +133,11 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        let (url, req) = self.request(reqwest::Method::GET, path);
-        self.send(url, req).await
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        let (url, req) = self.request(reqwest::Method::POST, path);
-        self.send(url, req.json(body)).await
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     /// Runs a GraphQL operation, returning its `data` or the errors' messages.

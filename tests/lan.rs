@@ -360,19 +360,28 @@ async fn the_leader_powered_off_with_jobs_in_flight_loses_nothing() {
         Duration::from_secs(30),
     )
     .await;
-    // a follower asked by the operator says where the orchestrator is
+    // a follower asked by the operator says where the orchestrator is, and the CLI's
+    // client goes there
     let follower = survivors.iter().copied().find(|&i| i != new_lead).unwrap();
-    let err = Client::new(
-        &agents[follower].url(),
-        Some(agents[new_lead].operator_token()),
-    )
-    .get("/api/v1/nodes")
-    .await
-    .unwrap_err()
-    .to_string();
+    let token = agents[new_lead].operator_token();
+    let refused = reqwest::Client::new()
+        .get(format!("{}/api/v1/nodes", agents[follower].url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let why = refused.text().await.unwrap();
+    assert!(why.contains(&agents[new_lead].url()), "{why}");
+    let followed = Client::new(&agents[follower].url(), Some(token))
+        .get("/api/v1/nodes")
+        .await
+        .expect("the client follows the 503 to the orchestrator");
     assert!(
-        err.contains("503") && err.contains(&agents[new_lead].url()),
-        "{err}"
+        followed
+            .as_array()
+            .is_some_and(|nodes| nodes.iter().any(|n| n["id"] == json!(ids[new_lead]))),
+        "{followed}"
     );
     let gql = client
         .graphql("{ cluster { leader term voters } }", json!({}))
