@@ -79,13 +79,10 @@ impl Proxies {
                 }
             }
         }
-        let listener =
-            TcpListener::bind(("0.0.0.0", port))
-                .await
-                .map_err(|e| ProxyError::InUse {
-                    port,
-                    why: e.to_string(),
-                })?;
+        let listener = listen(port).await.map_err(|e| ProxyError::InUse {
+            port,
+            why: e.to_string(),
+        })?;
         let (target, rx) = watch::channel(None);
         let stop = CancellationToken::new();
         tokio::spawn(serve(listener, self.backend, rx, stop.clone()));
@@ -95,6 +92,26 @@ impl Proxies {
             .unwrap_or_else(|p| p.into_inner())
             .insert(port, (id, Arc::downgrade(&proxy)));
         Ok(proxy)
+    }
+}
+
+/// Listens on `port` on every address: IPv6 and IPv4 on one dual-stack socket where the
+/// host has IPv6 (whatever `net.ipv6.bindv6only` says), IPv4 alone where it has not.
+async fn listen(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let dual = || -> std::io::Result<Socket> {
+        let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+        s.set_only_v6(false)?;
+        s.set_reuse_address(true)?;
+        s.bind(&std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+        s.listen(1024)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    };
+    match dual() {
+        Ok(s) => TcpListener::from_std(s.into()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(e),
+        Err(_) => TcpListener::bind(("0.0.0.0", port)).await,
     }
 }
 
@@ -128,5 +145,35 @@ async fn serve(
                 _ = stop.cancelled() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listen;
+    use tokio::net::TcpStream;
+
+    #[tokio::test]
+    async fn an_app_port_takes_ipv4_and_ipv6_clients() {
+        let listener = listen(0).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = tokio::spawn(async move {
+            for _ in 0..2 {
+                listener.accept().await.unwrap();
+            }
+        });
+        TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+        if v6 {
+            TcpStream::connect(("::1", port)).await.unwrap();
+        } else {
+            TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        }
+        accept.await.unwrap();
+        // a port that is taken is refused, not silently shared
+        let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = listen(port).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     }
 }
