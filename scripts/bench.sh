@@ -4,4 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] && scripts/services.sh
 cargo build --release --tests
-cargo nextest run --release --test bench --run-ignored only --no-capture
+# `scripts/bench.sh pipeline` runs the NetKAN pipeline's section alone and puts it in place
+case "${1:-all}" in
+    pipeline) only='test(=netkan_pipeline_section)' ;;
+    all) only='test(=benchmark)' ;;
+    *) echo "usage: scripts/bench.sh [all|pipeline]" >&2; exit 2 ;;
+esac
+cargo nextest run --release --test bench --run-ignored only --no-capture -E "$only"

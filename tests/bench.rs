@@ -169,6 +169,7 @@ async fn benchmark() {
     drop(orch);
     lan_benchmark(&mut out).await;
     inflate_benchmark(&mut out).await;
+    pipeline_benchmark(&mut out).await;
     deploy_benchmark(&mut out).await;
     let path = std::env::var("KRAKEN_BENCH_OUT")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md").into());
@@ -503,6 +504,257 @@ async fn inflate_benchmark(out: &mut String) {
         out,
         "\nA generated mod costs the inflator a few milliseconds against a server on this machine, so these runs measure overhead: each job is a container (create, start, wait, remove: about a quarter of a second here) and both workers share this one machine's two cores with the broker and the test server. The CLI wins here, and bigger batches close part of the gap. Against the real hosts a mod costs seconds (several GitHub API round trips and a download of megabytes), which is where a cluster pays: its workers wait on the network in parallel, on their own cores and links, and share each worker's download cache."
     );
+}
+
+/// Runs the NetKAN pipeline benchmark alone and puts its section into `docs/benchmarks.md`
+/// in place of the one there (`scripts/bench.sh pipeline`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark: run scripts/bench.sh pipeline"]
+async fn netkan_pipeline_section() {
+    assert!(
+        real_parts_present(),
+        "benchmarks need dockerd and rabbitmq-server"
+    );
+    let mut section = String::new();
+    pipeline_benchmark(&mut section).await;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let title = "\n## NetKAN pipeline\n";
+    let doc = match doc.find(title) {
+        Some(at) => {
+            let rest = &doc[at + title.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(doc.len(), |e| at + title.len() + e);
+            format!("{}{}{}", &doc[..at], section.trim_end(), &doc[end..])
+        }
+        None => format!("{}\n{}", doc.trim_end(), section),
+    };
+    std::fs::write(path, doc).unwrap();
+    println!("{section}");
+}
+
+/// The NetKAN pipeline on the cluster: a scheduled round of 1,000 generated mods from the
+/// NetKAN repository to commits in the metadata repository and uploads to the archive, and
+/// a webhook's latency to its commit with the cluster idle and under a full scheduled round.
+async fn pipeline_benchmark(out: &mut String) {
+    use common::apps::GitServer;
+    use common::netkan::*;
+    const MODS: usize = 1000;
+    const SLOTS: u32 = 2;
+    const SAMPLES: usize = 5;
+    const SECRET: &str = "bench-secret";
+    let up = upstream::Upstream::start_on(&upstream::docker_bridge_ip()).await;
+    let root = tempfile::tempdir().unwrap();
+    let git = GitServer::start(root.path());
+    let files: Vec<(String, String)> = (0..MODS)
+        .map(|n| {
+            let (id, text) = up.generated_mod(n);
+            (format!("NetKAN/{id}.netkan"), text)
+        })
+        .collect();
+    let list: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
+    let netkan_url = git.publish("NetKAN", &list);
+    let meta_url = git.publish("CKAN-meta", &[("README.md", "CKAN metadata\n".into())]);
+    let bare_meta = root.path().join("git/CKAN-meta.git");
+    let rate = |left: u64| {
+        upstream::Answer::json(&json!({"resources": {"core": {"limit": 5000, "remaining": left}}}))
+    };
+    up.route("/gh-api/rate_limit", rate(0));
+    up.route("PUT /ia/*", upstream::Answer::json(&json!({})));
+    let api = format!("{}/gh-api", up.base);
+    let web = format!("{}/gh-web", up.base);
+    let archive = format!("{}/ia", up.base);
+    let orch = Agent::orchestrator(
+        root.path(),
+        0,
+        &[
+            ("KRAKEN_NETKAN_REPO_URL", netkan_url.as_str()),
+            ("KRAKEN_NETKAN_META_URL", meta_url.as_str()),
+            ("KRAKEN_NETKAN_REPO_GITHUB", "test/NetKAN"),
+            ("KRAKEN_NETKAN_META_GITHUB", "test/CKAN-meta"),
+            ("KRAKEN_NETKAN_WEBHOOK_SECRET", SECRET),
+            ("KRAKEN_NETKAN_SCHEDULE_SECS", "1"),
+            ("KRAKEN_NETKAN_ARCHIVE_URL", archive.as_str()),
+            ("KRAKEN_GITHUB_API", api.as_str()),
+        ],
+    );
+    let worker_env = [
+        ("KRAKEN_GITHUB_API", api.as_str()),
+        ("KRAKEN_GITHUB_WEB", web.as_str()),
+        ("KRAKEN_NETKAN_ARCHIVE_URL", archive.as_str()),
+        ("KRAKEN_NETKAN_ARCHIVE_ACCESS", "bench"),
+        ("KRAKEN_NETKAN_ARCHIVE_SECRET", "bench"),
+    ];
+    let w1 = Agent::worker(root.path(), "w1", &orch, SLOTS, &worker_env);
+    let w2 = Agent::worker(root.path(), "w2", &orch, SLOTS, &worker_env);
+    orch.wait_ready(3).await;
+    let client = orch.client();
+    let pipeline = || async {
+        client
+            .graphql(
+                "{ netkanPipeline { inflateQueuedMods indexQueue rounds inflated mirrored } }",
+                json!({}),
+            )
+            .await
+            .unwrap()["netkanPipeline"]
+            .clone()
+    };
+    let count = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    // one scheduled round: the rate limit opens until a round has queued, then closes
+    let one_round = || async {
+        let before = count(&pipeline().await, "rounds");
+        up.route("/gh-api/rate_limit", rate(5000));
+        wait_until_async("a round queues", Duration::from_secs(60), || async {
+            (count(&pipeline().await, "rounds") > before).then_some(())
+        })
+        .await;
+        up.route("/gh-api/rate_limit", rate(0));
+    };
+    let committed = |bare: &std::path::Path| {
+        subjects(bare)
+            .iter()
+            .filter(|s| s.starts_with("NetKAN "))
+            .count()
+    };
+
+    // the full run
+    let started = Instant::now();
+    one_round().await;
+    let queued = started.elapsed().as_secs_f64();
+    wait_until_async(
+        "every mod is inflated",
+        Duration::from_secs(1800),
+        || async { (count(&pipeline().await, "inflated") >= MODS as u64).then_some(()) },
+    )
+    .await;
+    let inflated = started.elapsed().as_secs_f64();
+    wait_until("every mod is committed", Duration::from_secs(600), || {
+        (committed(&bare_meta) >= MODS).then_some(())
+    });
+    let indexed = started.elapsed().as_secs_f64();
+    wait_until_async(
+        "every mod is mirrored",
+        Duration::from_secs(1800),
+        || async { (count(&pipeline().await, "mirrored") >= MODS as u64).then_some(()) },
+    )
+    .await;
+    let mirrored = started.elapsed().as_secs_f64();
+    let mirror_jobs = client
+        .graphql("{ jobs(kind: \"mirror\", limit: 10000) { id } }", json!({}))
+        .await
+        .unwrap()["jobs"]
+        .as_array()
+        .map_or(0, Vec::len);
+
+    // a webhook for one mod with a new release → its commit, idle and under a full round
+    let drained = || async {
+        wait_until_async(
+            "the pipeline is idle",
+            Duration::from_secs(1800),
+            || async {
+                let p = pipeline().await;
+                (count(&p, "inflateQueuedMods") == 0 && count(&p, "indexQueue") == 0).then_some(())
+            },
+        )
+        .await;
+    };
+    let mut sample = 0usize;
+    let mut webhook = |busy: bool| {
+        sample += 1;
+        let n = sample;
+        let up = &up;
+        let orch = &orch;
+        let bare = &bare_meta;
+        async move {
+            // Gen<n> publishes release 2.<n>
+            let id = format!("Gen{n}");
+            let tag = format!("2.{n}");
+            let url = format!("https://github.com/gen/{id}/releases/download/{tag}/{id}.zip");
+            let ups = up.upstreams(None, vec![]);
+            up.route_url(
+                &ups.reach(&format!("https://api.github.com/repos/gen/{id}/releases")),
+                upstream::Answer::json(&json!([{
+                    "tag_name": tag, "author": {"login": "gen", "type": "User"},
+                    "published_at": "2025-06-01T00:00:00Z",
+                    "assets": [{"name": format!("{id}.zip"), "browser_download_url": url,
+                                "updated_at": "2025-06-01T00:00:00Z"}]}])),
+            );
+            up.route_url(
+                &ups.reach(&url),
+                upstream::Answer::bytes(
+                    "application/octet-stream",
+                    upstream::generated_zip(&id, n),
+                ),
+            );
+            let path = format!("NetKAN/{id}.netkan");
+            let push = push_payload("main", "test/NetKAN", &[path.as_str()]);
+            let subject = format!("NetKAN added mod - {id}-{tag}");
+            let started = Instant::now();
+            let (code, body) = deliver(
+                &format!("{}/gh/inflate", orch.url()),
+                "push",
+                &push,
+                Some(SECRET),
+            )
+            .await;
+            assert_eq!(code, 202, "{body} (busy: {busy})");
+            wait_until_async(
+                "the webhook's mod is committed",
+                Duration::from_secs(600),
+                || async { subjects(bare).contains(&subject).then_some(()) },
+            )
+            .await;
+            started.elapsed().as_secs_f64()
+        }
+    };
+    let mut idle = Vec::new();
+    let mut busy = Vec::new();
+    for _ in 0..SAMPLES {
+        drained().await;
+        idle.push(webhook(false).await);
+    }
+    for _ in 0..SAMPLES {
+        drained().await;
+        one_round().await;
+        busy.push(webhook(true).await);
+    }
+    drained().await;
+    drop((w1, w2, orch));
+    idle.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    busy.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    let per_min = |secs: f64| MODS as f64 / secs * 60.0;
+    let _ = writeln!(
+        out,
+        "\n## NetKAN pipeline\n\n{MODS} generated mods in a NetKAN repository and an empty metadata repository behind `git daemon` on loopback, GitHub and the archive played by the test server on the docker bridge; an orchestrator and two workers × {SLOTS} slots, default batches ({} mods), one scheduled round. Times from the moment GitHub's rate limit allows the round.\n",
+        kraken::config::Config::default().netkan.inflate_batch
+    );
+    let _ = writeln!(out, "| step | done after | mods/min |\n| --- | --- | --- |");
+    let _ = writeln!(out, "| round queued | {queued:.1} s | |");
+    for (label, secs) in [
+        ("every mod inflated", inflated),
+        ("every mod committed and pushed", indexed),
+        (
+            &*format!("every download in the archive ({mirror_jobs} mirror jobs)"),
+            mirrored,
+        ),
+    ] {
+        let _ = writeln!(out, "| {label} | {secs:.1} s | {:.0} |", per_min(secs));
+    }
+    let _ = writeln!(out, "\n| webhook (signed push) → the mod's commit on the metadata repository | p50 | max |\n| --- | --- | --- |");
+    for (label, v) in [
+        ("idle cluster", &idle),
+        ("under a full scheduled round", &busy),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {label}, {SAMPLES} samples | {:.1} s | {:.1} s |",
+            percentile(v, 0.5),
+            v[v.len() - 1]
+        );
+    }
+    let _ = writeln!(out, "\nUnder load, a webhook's inflate is queued at priority 100, ahead of every scheduled batch, but waits for a free slot: every slot is running a scheduled batch when it arrives, and mirror jobs of the batches already committed compete too. Its result is then indexed after the results that were ready before it (one writer, in order). The ratio of the two rows is the price of a full round; slots and batch size bound it.");
 }
 
 fn chrono_like_now() -> String {

@@ -9,67 +9,15 @@ mod corpus;
 mod upstream;
 
 use common::apps::GitServer;
+use common::netkan::*;
 use common::*;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 use upstream::{docker_bridge_ip, Answer, Upstream};
 
 const SECRET: &str = "hook-secret";
 const PIPELINE: &str = "{ netkanPipeline { inflateQueuedMods indexQueue rounds roundsSkipped inflated indexed pushesRefused pullRequests } }";
-
-/// `git --git-dir <bare> args…`, its output.
-fn bare_git(bare: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn subjects(bare: &Path) -> Vec<String> {
-    bare_git(bare, &["log", "--format=%s", "main"])
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Posts a GitHub webhook delivery signed with `secret` (or unsigned).
-async fn deliver(url: &str, event: &str, body: &Value, secret: Option<&str>) -> (u16, Value) {
-    let body = body.to_string();
-    let mut req = reqwest::Client::new()
-        .post(url)
-        .header("X-GitHub-Event", event)
-        .header("Content-Type", "application/json")
-        .body(body.clone());
-    if let Some(secret) = secret {
-        req = req.header(
-            "X-Hub-Signature-256",
-            kraken::netkan::webhook::sign(secret, body.as_bytes()),
-        );
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-fn push_payload(branch: &str, repo: &str, modified: &[&str]) -> Value {
-    json!({
-        "ref": format!("refs/heads/{branch}"),
-        "before": "0".repeat(40),
-        "after": "1".repeat(40),
-        "repository": {"full_name": repo, "name": "NetKAN", "default_branch": "main"},
-        "pusher": {"name": "someone"},
-        "commits": [{"id": "1".repeat(40), "message": "Update", "added": [], "removed": [],
-                     "modified": modified}],
-    })
-}
 
 /// A `.ckan`'s version as its file name writes it.
 fn version_of(ckan: &Value) -> String {
@@ -267,6 +215,29 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
         pipeline(&client).await["pushesRefused"].as_u64() >= Some(1),
         "the refused push is counted"
     );
+    // Gen3's repository gets a new description: the same version, other bytes, a new commit
+    let ups = up.upstreams(None, vec![]);
+    up.route_url(
+        &ups.reach("https://api.github.com/repos/gen/Gen3"),
+        Answer::json(&json!({
+            "name": "Gen3", "html_url": "https://github.com/gen/Gen3",
+            "description": "Generated mod number 3, described anew", "has_issues": true,
+            "license": {"spdx_id": "MIT"}, "owner": {"login": "gen", "type": "User"}})),
+    );
+    wait_until(
+        "the changed .ckan is committed",
+        Duration::from_secs(60),
+        || {
+            subjects(&bare_meta)
+                .contains(&"NetKAN updated mod - Gen3-1.3".to_owned())
+                .then_some(())
+        },
+    );
+    let gen3: Value = serde_json::from_str(
+        &bare_git(&bare_meta, &["show", "main:Gen3/Gen3-1.3.ckan"]).expect("Gen3's .ckan"),
+    )
+    .unwrap();
+    assert_eq!(gen3["abstract"], "Generated mod number 3, described anew");
     let ckan: Value = serde_json::from_str(
         &bare_git(&bare_meta, &["show", "main:Gen0/Gen0-1.0.ckan"]).expect("Gen0's .ckan"),
     )
@@ -417,17 +388,7 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
     // a push to the metadata repository mirrors what it added; what is there is skipped
     let gen1_path = archived("Gen1", 1, "1.1");
     up.route(&format!("HEAD {gen1_path}"), Answer::json(&json!({})));
-    let mut meta_push = push_payload("main", "test/CKAN-meta", &[]);
-    meta_push["commits"][0]["added"] = json!(["Gen1/Gen1-1.1.ckan"]);
-    let (code, body) = deliver(
-        &format!("{}/gh/mirror", orch.url()),
-        "push",
-        &meta_push,
-        Some(SECRET),
-    )
-    .await;
-    assert_eq!(code, 202, "{body}");
-    let mirror_job = body["jobs"][0].as_str().unwrap().to_owned();
+    let mirror_job = mirror_push(&orch.url(), &["Gen1/Gen1-1.1.ckan"], SECRET).await;
     let j = wait_final(
         &client,
         std::slice::from_ref(&mirror_job),
@@ -837,17 +798,7 @@ async fn the_mirror_reports_a_hash_mismatch_and_retries_an_upload_cut_off() {
     ));
     registered.await.unwrap();
 
-    let mut push = push_payload("main", "test/CKAN-meta", &[]);
-    push["commits"][0]["added"] = json!([good_path, bad_path]);
-    let (code, body) = deliver(
-        &format!("{}/gh/mirror", orch.url()),
-        "push",
-        &push,
-        Some(SECRET),
-    )
-    .await;
-    assert_eq!(code, 202, "{body}");
-    let id = body["jobs"][0].as_str().unwrap().to_owned();
+    let id = mirror_push(&orch.url(), &[&good_path, &bad_path], SECRET).await;
     let j = wait_final(&client, std::slice::from_ref(&id), Duration::from_secs(120)).await;
     let j = &j[0];
     // the cut-off upload failed the first attempt; the second uploaded it

@@ -4,6 +4,7 @@
 
 pub mod apps;
 pub mod lan;
+pub mod netkan;
 
 use kraken::client::Client;
 use serde_json::{json, Value};
