@@ -754,7 +754,7 @@ async fn pipeline_benchmark(out: &mut String) {
             v[v.len() - 1]
         );
     }
-    let _ = writeln!(out, "\nUnder load, a webhook's inflate is queued at priority 100, ahead of every scheduled batch, but waits for a free slot: every slot is running a scheduled batch when it arrives, and mirror jobs of the batches already committed compete too. Its result is then indexed after the results that were ready before it (one writer, in order). The ratio of the two rows is the price of a full round; slots and batch size bound it.");
+    let _ = writeln!(out, "\nUnder load, a webhook's inflate is queued at priority 100, ahead of every scheduled batch, but waits for a free slot: every slot is running a scheduled batch when it arrives, and mirror jobs of the batches already committed compete too. Its result is then indexed after the results that were ready before it (one writer, in order). The ratio of the two rows is the price of a full round; slots and batch size bound it. In the full run the indexer is the slow step: inflating is done after a third of the time, and the rest is the single writer committing each file on its own (NetKAN's one commit per mod: a few `git` processes each), with a fetch and a push per inflate job's results. Next to cut: one fetch and one push for every result waiting, and fewer `git` processes per commit.");
 }
 
 fn chrono_like_now() -> String {
