@@ -143,6 +143,15 @@ impl Checkout {
         Ok(true)
     }
 
+    /// Commits `path`, which the caller knows has changed, with `message` (two `git` runs
+    /// where [`Checkout::commit`] takes three).
+    pub async fn commit_file(&self, path: &str, message: &str) -> Result<(), GitError> {
+        self.git(&["add", "--", path]).await?;
+        self.git(&["commit", "--quiet", "--no-verify", "-m", message])
+            .await
+            .map(drop)
+    }
+
     /// Pushes `local` to the remote branch `remote`; `Ok(false)` when the remote refused
     /// it as not a fast-forward (someone pushed first).
     pub async fn push(&self, local: &str, remote: &str, force: bool) -> Result<bool, GitError> {

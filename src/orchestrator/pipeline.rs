@@ -28,6 +28,8 @@ pub const SCHEDULED_PRIORITY: i32 = 0;
 const PUSH_TRIES: u32 = 5;
 /// Longest wait between attempts at an index entry that keeps failing.
 const MAX_INDEX_BACKOFF: Duration = Duration::from_secs(120);
+/// Most inflate jobs' results written with one fetch and one push.
+const INDEX_ENTRIES_PER_PUSH: usize = 64;
 
 /// One change of a mod's status, for subscriptions.
 #[derive(Debug, Clone)]
@@ -627,31 +629,39 @@ impl Orchestrator {
         }
         let mut backoff = Duration::from_secs(2);
         loop {
-            let next = match self.store.next_index::<Vec<IndexItem>>() {
-                Ok(next) => next,
+            // every entry waiting (up to a bound) goes in with one fetch and one push
+            let waiting = match self
+                .store
+                .next_indexes::<Vec<IndexItem>>(INDEX_ENTRIES_PER_PUSH)
+            {
+                Ok(waiting) => waiting,
                 Err(error) => {
                     tracing::error!(%error, "cannot read the index queue");
-                    None
+                    Vec::new()
                 }
             };
-            let Some((entry, items)) = next else {
+            if waiting.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = self.pipeline.indexer.notified() => continue,
                     _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
                 }
-            };
+            }
+            let entries: Vec<Uuid> = waiting.iter().map(|(entry, _)| *entry).collect();
+            let items: Vec<IndexItem> = waiting.into_iter().flat_map(|(_, items)| items).collect();
             match self.index(&items).await {
                 Ok(()) => {
                     backoff = Duration::from_secs(2);
-                    if let Err(error) = self.store.pop_index(entry) {
-                        tracing::error!(%error, "cannot take an entry off the index queue");
+                    for entry in entries {
+                        if let Err(error) = self.store.pop_index(entry) {
+                            tracing::error!(%error, "cannot take an entry off the index queue");
+                        }
                     }
                     continue;
                 }
                 Err(error) => {
                     self.pipeline.counters.index_failures.fetch_add(1, Relaxed);
-                    tracing::warn!(%error, %entry, retry_in = ?backoff, "indexing failed; the entry stays queued");
+                    tracing::warn!(%error, entries = entries.len(), retry_in = ?backoff, "indexing failed; the entries stay queued");
                     for item in &items {
                         let why = format!("indexing: {error}");
                         let _ = self.set_mod_status(&item.identifier, |s| s.last_error = Some(why));
@@ -683,7 +693,7 @@ impl Orchestrator {
                 let change = index::write(co.dir(), item)
                     .map_err(|e| OrchestratorError::Invalid(format!("{}: {e}", item.path())))?;
                 if let Some(message) = change.message(item.stem()) {
-                    co.commit(&[&item.path()], &message).await?;
+                    co.commit_file(&item.path(), &message).await?;
                     changed.push((*item, change));
                 }
             }

@@ -746,16 +746,21 @@ impl Store {
         self.put(TreeName::Netkan, &key, encode(entry)?)
     }
 
-    /// The oldest entry of the indexer's queue.
-    pub fn next_index<T: for<'de> Deserialize<'de>>(
+    /// The oldest entries of the indexer's queue, `most` at the most, oldest first (entries
+    /// are keyed by their inflate job's id, which grows with time).
+    pub fn next_indexes<T: for<'de> Deserialize<'de>>(
         &self,
-    ) -> Result<Option<(Uuid, T)>, StoreError> {
-        let Some(kv) = self.netkan.scan_prefix(b"index/").next() else {
-            return Ok(None);
-        };
-        let (k, v) = kv?;
-        let id = Uuid::from_slice(&k["index/".len()..]).unwrap_or_default();
-        Ok(Some((id, decode(&k, &v)?)))
+        most: usize,
+    ) -> Result<Vec<(Uuid, T)>, StoreError> {
+        self.netkan
+            .scan_prefix(b"index/")
+            .take(most)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let id = Uuid::from_slice(&k["index/".len()..]).unwrap_or_default();
+                Ok((id, decode(&k, &v)?))
+            })
+            .collect()
     }
 
     /// Entries waiting on the indexer's queue.
