@@ -187,6 +187,9 @@ pub struct WorkerConfig {
     /// The address app containers publish their port on, for this agent to forward to
     /// (loopback by default; only the agent's own port for the app is open to the LAN).
     pub app_backend_address: std::net::IpAddr,
+    /// Labels of this node that deployments may ask for (`ssd`, `gpu`, `kitchen`):
+    /// letters, digits, `.`, `_`, `-`, `=`, `:`. From the environment, comma-separated.
+    pub labels: Vec<String>,
 }
 
 impl Default for WorkerConfig {
@@ -203,6 +206,7 @@ impl Default for WorkerConfig {
             docker_host: String::new(),
             base_image: "debian:bookworm-slim".into(),
             app_backend_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            labels: Vec::new(),
         }
     }
 }
@@ -543,6 +547,12 @@ impl Config {
         if self.worker.job_timeout_secs == 0 {
             return invalid("worker.job_timeout_secs", "must be at least 1".into());
         }
+        if self.worker.labels.len() > 32 {
+            return invalid("worker.labels", "more than 32 labels".into());
+        }
+        if let Some(why) = self.worker.labels.iter().find_map(|l| check_label(l).err()) {
+            return invalid("worker.labels", why);
+        }
         if !(50..=60_000).contains(&self.worker.heartbeat_ms) {
             return invalid("worker.heartbeat_ms", "must be between 50 and 60000".into());
         }
@@ -708,6 +718,22 @@ fn apply_env(
     Ok(())
 }
 
+/// A node label (`worker.labels`, or one a deployment asks for): 1 to 64 letters, digits,
+/// `.`, `_`, `-`, `=`, `:`.
+pub fn check_label(label: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&label.len())
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-=:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{label}` is not a label (1 to 64 letters, digits, '.', '_', '-', '=', ':')"
+        ))
+    }
+}
+
 /// Parses an environment string as the same TOML type as the default value.
 fn parse_like(default: &toml::Value, value: &str) -> Option<toml::Value> {
     Some(match default {
@@ -715,6 +741,15 @@ fn parse_like(default: &toml::Value, value: &str) -> Option<toml::Value> {
         toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse().ok()?),
         toml::Value::Float(_) => toml::Value::Float(value.trim().parse().ok()?),
         toml::Value::Boolean(_) => toml::Value::Boolean(value.trim().parse().ok()?),
+        // a list of strings, comma-separated
+        toml::Value::Array(_) => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| toml::Value::String(v.to_owned()))
+                .collect(),
+        ),
         _ => return None,
     })
 }
@@ -784,5 +819,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("join.url"), "{err}");
+    }
+
+    #[test]
+    fn labels_come_from_toml_or_a_comma_separated_variable() {
+        let c = load("[worker]\nlabels = [\"ssd\"]\n", &[]).unwrap();
+        assert_eq!(c.worker.labels, ["ssd"]);
+        let c = load("", &[("KRAKEN_WORKER_LABELS", "ssd, kitchen,")]).unwrap();
+        assert_eq!(c.worker.labels, ["ssd", "kitchen"]);
+        let err = load("", &[("KRAKEN_WORKER_LABELS", "ok,not ok")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("worker.labels") && err.contains("`not ok`"),
+            "{err}"
+        );
     }
 }

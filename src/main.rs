@@ -105,6 +105,12 @@ enum Command {
         /// Deploy new commits of the branch by themselves.
         #[arg(long)]
         auto_redeploy: bool,
+        /// Only on a node with this label (its `worker.labels`).
+        #[arg(long)]
+        label: Option<String>,
+        /// Only on a node of this CPU architecture (x86_64, aarch64, arm).
+        #[arg(long)]
+        arch: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -150,12 +156,19 @@ enum AppCommand {
 
 /// The deployment fields the CLI prints.
 const DEPLOYMENT_FIELDS: &str =
-    "id app status reason node url commit generation gitUrl branch autoRedeploy";
+    "id app status reason node url commit generation gitUrl branch autoRedeploy label arch";
 
 #[derive(Subcommand)]
 enum NodesCommand {
     /// Admit a device that is waiting for approval.
     Approve { id: String },
+    /// Drain a node: no new jobs or apps go there, its jobs finish, its apps move.
+    Drain {
+        id: String,
+        /// Put the node back in service instead.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Admit new devices by themselves for a while (0 closes the window).
     Enroll {
         #[arg(long, default_value_t = 600)]
@@ -384,6 +397,22 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             );
         }
         Command::Nodes {
+            command: Some(NodesCommand::Drain { id, undo }),
+            api,
+        } => {
+            api.client()
+                .post(
+                    &format!("/api/v1/nodes/{id}/drain"),
+                    &json!({ "drain": !undo }),
+                )
+                .await?;
+            if undo {
+                println!("{id} is back in service");
+            } else {
+                println!("{id} is drained: nothing new goes there, its apps move to other workers");
+            }
+        }
+        Command::Nodes {
             command: Some(NodesCommand::Enroll { seconds }),
             api,
         } => {
@@ -399,7 +428,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Nodes { command: None, api } => {
             let nodes = api.client().get("/api/v1/nodes").await?;
             println!(
-                "{:<14} {:<16} {:<13} {:<6} {:>5} {:>7} {:>6} {:>9}",
+                "{:<14} {:<16} {:<18} {:<6} {:>5} {:>7} {:>6} {:>9}",
                 "ID", "NAME", "ROLE", "ALIVE", "SLOTS", "RUNNING", "LOAD1", "MEM MiB"
             );
             for n in nodes.as_array().into_iter().flatten() {
@@ -414,10 +443,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 };
                 let stats = n.get("stats").cloned().unwrap_or(Value::Null);
                 println!(
-                    "{:<14} {:<16} {:<13} {:<6} {:>5} {:>7} {:>6.2} {:>9}",
+                    "{:<14} {:<16} {:<18} {:<6} {:>5} {:>7} {:>6.2} {:>9}",
                     s("id"),
                     s("name"),
-                    s("role"),
+                    if n["drained"] == true {
+                        format!("{} (drained)", s("role"))
+                    } else {
+                        s("role")
+                    },
                     s("alive"),
                     s("slots"),
                     s("running_jobs"),
@@ -505,14 +538,16 @@ leader {leader} (term {}), voters {}; {}",
             branch,
             memory_mb,
             auto_redeploy,
+            label,
+            arch,
             api,
         } => {
             let q = format!(
-                "mutation($url: String!, $branch: String!, $mem: Int, $auto: Boolean!) {{ \
-                 createDeployment(gitUrl: $url, branch: $branch, memoryMb: $mem, autoRedeploy: $auto) \
+                "mutation($url: String!, $branch: String!, $mem: Int, $auto: Boolean!, $label: String, $arch: String) {{ \
+                 createDeployment(gitUrl: $url, branch: $branch, memoryMb: $mem, autoRedeploy: $auto, label: $label, arch: $arch) \
                  {{ {DEPLOYMENT_FIELDS} }} }}"
             );
-            let vars = json!({ "url": git_url, "branch": branch, "mem": memory_mb, "auto": auto_redeploy });
+            let vars = json!({ "url": git_url, "branch": branch, "mem": memory_mb, "auto": auto_redeploy, "label": label, "arch": arch });
             print(&api.client().graphql(&q, vars).await?["createDeployment"]);
         }
         Command::App {

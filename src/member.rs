@@ -278,6 +278,8 @@ impl Member {
             joined_at: previous.as_ref().map_or(now, |p| p.joined_at),
             last_seen: now,
             slots: self.config.worker.slots,
+            // a node that rejoins stays drained until an operator says otherwise
+            drained: previous.as_ref().is_some_and(|p| p.drained),
             stats: previous.and_then(|p| p.stats),
         })?;
         store.flush().await?;

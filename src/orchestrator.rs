@@ -140,6 +140,8 @@ struct Live {
     slots: u32,
     load: f64,
     memory_used: f64,
+    /// Drained by an operator: no new jobs.
+    drained: bool,
 }
 
 /// Counters for `/metrics`.
@@ -242,6 +244,7 @@ impl Orchestrator {
                     slots: node.slots,
                     load: 0.0,
                     memory_used: 0.0,
+                    drained: node.drained,
                 },
             );
         }
@@ -346,6 +349,11 @@ impl Orchestrator {
             .live
             .get(node)
             .is_some_and(|l| l.heard && l.last_seen.elapsed() < grace)
+    }
+
+    /// Whether an operator drained the node.
+    pub fn is_drained(&self, node: &str) -> bool {
+        lock(&self.sched).live.get(node).is_some_and(|l| l.drained)
     }
 
     /// How long a node has not been heard from (`None`: heard within the grace period).
@@ -539,7 +547,7 @@ impl Orchestrator {
         }
         s.live
             .iter()
-            .filter(|(_, l)| l.heard && l.last_seen.elapsed() < grace && l.slots > 0)
+            .filter(|(_, l)| l.heard && l.last_seen.elapsed() < grace && l.slots > 0 && !l.drained)
             .filter_map(|(id, l)| {
                 let u = used.get(id.as_str()).copied().unwrap_or(0);
                 (u < l.slots).then(|| {
@@ -878,6 +886,7 @@ impl Orchestrator {
                 slots: hb.slots,
                 load,
                 memory_used,
+                drained: node.drained,
             },
         );
         if !was_alive {
@@ -1079,6 +1088,8 @@ impl Orchestrator {
             joined_at: previous.as_ref().map_or(now, |p| p.joined_at),
             last_seen: now,
             slots,
+            // a node that rejoins stays drained until an operator says otherwise
+            drained: previous.as_ref().is_some_and(|p| p.drained),
             stats: previous.and_then(|p| p.stats),
         };
         self.store.put_node(&node)?;
@@ -1090,6 +1101,33 @@ impl Orchestrator {
             broker.declare_work_queue(id).await?;
         }
         Ok(())
+    }
+
+    /// Drains a node (`drained`) or puts it back in service. A drained node gets no new jobs
+    /// or apps; the jobs it runs finish there, and its apps are placed on other workers (the
+    /// old copy stops once the node hears it is no longer wanted). It stays drained across
+    /// restarts and rejoins.
+    pub async fn drain_node(
+        &self,
+        id: &str,
+        drained: bool,
+    ) -> Result<NodeRecord, OrchestratorError> {
+        let mut node = self
+            .store
+            .node(id)?
+            .ok_or_else(|| OrchestratorError::Invalid(format!("no node `{id}` in the cluster")))?;
+        node.drained = drained;
+        self.store.put_node(&node)?;
+        self.store.flush().await?;
+        if let Some(l) = lock(&self.sched).live.get_mut(id) {
+            l.drained = drained;
+        }
+        tracing::info!(node = %id, drained, "node drain changed");
+        if drained {
+            self.move_lost_apps()?;
+        }
+        self.wake.notify_one();
+        Ok(node)
     }
 
     // ---- running ------------------------------------------------------------------------

@@ -592,6 +592,8 @@ impl Worker {
         let mut stats = lock(&self.stats).read();
         stats.containers = containers;
         stats.docker_ok = docker_ok;
+        stats.arch = std::env::consts::ARCH.to_owned();
+        stats.labels = self.settings.config.worker.labels.clone();
         let finishing = lock(&self.finishing).clone();
         stats.running_jobs = lock(&self.running)
             .keys()

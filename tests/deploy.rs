@@ -553,3 +553,153 @@ async fn an_app_is_reachable_on_the_lan_by_its_name() {
         "{text}"
     );
 }
+
+/// Where apps may run: a deployment asking for a label or an architecture goes to a node
+/// that has it (and fails at once, saying what the cluster has, when none does); a drained
+/// node gets no new apps or jobs and its apps move; a deployment with nowhere to go waits,
+/// saying why, and is placed when a node is back in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_architectures_and_drains_decide_where_apps_run() {
+    if !real_parts_present() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let git = GitServer::start(root.path());
+    let orch = Agent::orchestrator(root.path(), 1, &[]);
+    let w1 = Agent::worker(
+        root.path(),
+        "w1",
+        &orch,
+        1,
+        &[("KRAKEN_WORKER_LABELS", "ssd, kitchen")],
+    );
+    orch.wait_ready(2).await;
+    let client = orch.client();
+    let (orch_id, w1_id) = (orch.node_id(), w1.node_id());
+    let nodes = client
+        .graphql("{ nodes { id drained stats { arch labels } } }", json!({}))
+        .await
+        .unwrap();
+    let w1_view = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == json!(w1_id))
+        .cloned()
+        .unwrap();
+    assert_eq!(w1_view["stats"]["labels"], json!(["ssd", "kitchen"]));
+    assert_eq!(w1_view["stats"]["arch"], std::env::consts::ARCH);
+    assert_eq!(w1_view["drained"], false);
+
+    let within = Duration::from_secs(600);
+    let (pa, pb) = (free_port(false), free_port(false));
+    let site_a = git.publish("a", &fixture("static-site", pa));
+    let site_b = git.publish("b", &fixture("static-site", pb));
+    // asks for a label only w1 has
+    let a = create(&client, &site_a, ", label: \"ssd\"").await;
+    let a_id = a["id"].as_str().unwrap().to_owned();
+    let a = wait_status(&client, &a_id, &["RUNNING", "FAILED"], within).await;
+    assert_eq!(a["status"], "RUNNING", "{a}");
+    assert_eq!(a["node"], json!(w1_id));
+
+    // a label or an architecture no node has fails at once and says what there is
+    let gpu = create(&client, &site_a, ", label: \"gpu\"").await;
+    let gpu = wait_status(&client, gpu["id"].as_str().unwrap(), &["FAILED"], within).await;
+    let why = gpu["reason"].as_str().unwrap();
+    assert!(why.contains("no node is labelled `gpu`"), "{why}");
+    assert!(why.contains("kitchen, ssd"), "{why}");
+    let other = if std::env::consts::ARCH == "riscv64" {
+        "aarch64"
+    } else {
+        "riscv64"
+    };
+    let far = create(&client, &site_a, &format!(", arch: \"{other}\"")).await;
+    let far = wait_status(&client, far["id"].as_str().unwrap(), &["FAILED"], within).await;
+    assert!(
+        far["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("no node is of arch {other}")),
+        "{far}"
+    );
+    // and what cannot be a label or an architecture is refused by the mutation
+    for (extra, words) in [
+        (", arch: \"sparc\"", "arch `sparc`"),
+        (", label: \"two words\"", "`two words` is not a label"),
+    ] {
+        let q =
+            format!("mutation($url: String!) {{ createDeployment(gitUrl: $url{extra}) {{ id }} }}");
+        let err = client
+            .graphql(&q, json!({ "url": site_a }))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(words), "{err}");
+    }
+
+    // b goes where there are fewer apps: the orchestrator's own worker
+    let b = create(&client, &site_b, "").await;
+    let b_id = b["id"].as_str().unwrap().to_owned();
+    let b = wait_status(&client, &b_id, &["RUNNING", "FAILED"], within).await;
+    assert_eq!(b["node"], json!(orch_id), "{b}");
+
+    // draining the orchestrator's node moves b to w1, and jobs go there too
+    let drain = |id: String, on: bool| {
+        let client = &client;
+        async move {
+            client
+                .graphql(
+                    "mutation($id: String!, $on: Boolean!) { drainNode(id: $id, drain: $on) }",
+                    json!({ "id": id, "on": on }),
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        drain(orch_id.clone(), true).await.unwrap()["drainNode"],
+        true
+    );
+    let moved = wait_until_async("b moves off the drained node", within, || async {
+        let d = deployment(&client, &b_id).await;
+        (d["status"] == "RUNNING" && d["node"] == json!(w1_id)).then_some(d)
+    })
+    .await;
+    assert!(fetch(moved["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .contains("hello from a static site"));
+    wait_until(
+        "the drained node's copy is stopped",
+        Duration::from_secs(60),
+        || (containers_of(&b_id).len() == 1).then_some(()),
+    );
+    let job = enqueue(&client, "echo", json!({"message": "where"}), "").await;
+    let done = wait_final(&client, std::slice::from_ref(&job), Duration::from_secs(60)).await;
+    assert_eq!(done[0]["node"], json!(w1_id), "no jobs on a drained node");
+
+    // with every node drained, a new app waits and says why; back in service, it runs
+    assert_eq!(drain(w1_id.clone(), true).await.unwrap()["drainNode"], true);
+    let site_c = git.publish("c", &fixture("static-site", free_port(false)));
+    let c = create(&client, &site_c, ", label: \"kitchen\"").await;
+    let c_id = c["id"].as_str().unwrap().to_owned();
+    let waiting = wait_until_async("c waits, saying why", Duration::from_secs(30), || async {
+        let d = deployment(&client, &c_id).await;
+        d["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("undrained") && r.contains("labelled `kitchen`"))
+            .then_some(d)
+    })
+    .await;
+    assert_eq!(waiting["status"], "REQUESTED", "{waiting}");
+    assert_eq!(
+        drain(w1_id.clone(), false).await.unwrap()["drainNode"],
+        false
+    );
+    let c = wait_status(&client, &c_id, &["RUNNING", "FAILED"], within).await;
+    assert_eq!(c["node"], json!(w1_id), "{c}");
+    let err = drain("n0nexistent".into(), true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no node `n0nexistent`"), "{err}");
+}

@@ -349,6 +349,18 @@ impl Mutation {
         Ok(jobs.into_iter().map(JobView).collect())
     }
 
+    /// Drains a node (`drain: true`, the default): no new jobs or apps go there, its jobs
+    /// finish, its apps move to other workers. `drain: false` puts it back in service.
+    async fn drain_node(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        #[graphql(default = true)] drain: bool,
+    ) -> Result<bool, Error> {
+        require_operator(ctx)?;
+        Ok(orch(ctx).drain_node(&id, drain).await?.drained)
+    }
+
     /// Admits a device that is waiting for approval.
     async fn approve_node(&self, ctx: &Context<'_>, id: String) -> Result<bool, Error> {
         require_operator(ctx)?;
@@ -369,6 +381,8 @@ impl Mutation {
 
     /// Builds and runs the app of a git repository (its `kraken.toml` says how) on the
     /// least-loaded worker that can hold it.
+    // each GraphQL argument is a parameter here
+    #[allow(clippy::too_many_arguments)]
     async fn create_deployment(
         &self,
         ctx: &Context<'_>,
@@ -376,6 +390,11 @@ impl Mutation {
         #[graphql(default_with = "String::from(\"main\")")] branch: String,
         memory_mb: Option<i32>,
         #[graphql(default = false)] auto_redeploy: bool,
+        #[graphql(desc = "only on a node with this label (its `worker.labels`)")] label: Option<
+            String,
+        >,
+        #[graphql(desc = "only on a node of this CPU architecture (x86_64, aarch64, arm)")]
+        arch: Option<String>,
     ) -> Result<DeploymentView, Error> {
         require_operator(ctx)?;
         let memory_mb = non_negative("memoryMb", memory_mb)?;
@@ -385,6 +404,8 @@ impl Mutation {
                 branch,
                 memory_mb,
                 auto_redeploy,
+                label,
+                arch,
             })
             .await?;
         Ok(DeploymentView(d))
@@ -621,6 +642,14 @@ impl DeploymentView {
     async fn auto_redeploy(&self) -> bool {
         self.0.auto_redeploy
     }
+    /// The label its node must carry.
+    async fn label(&self) -> Option<&str> {
+        self.0.label.as_deref()
+    }
+    /// The CPU architecture its node must have.
+    async fn arch(&self) -> Option<&str> {
+        self.0.arch.as_deref()
+    }
     async fn created_at(&self) -> f64 {
         self.0.created_at as f64
     }
@@ -832,6 +861,10 @@ impl NodeView {
     }
     async fn slots(&self) -> i32 {
         self.node.slots as i32
+    }
+    /// Drained by an operator: nothing new is placed on it.
+    async fn drained(&self) -> bool {
+        self.node.drained
     }
     /// Jobs assigned to or running on it now.
     async fn running_jobs(&self) -> i32 {

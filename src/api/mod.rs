@@ -533,6 +533,28 @@ async fn approve(_o: Operator, s: &State<ApiState>, id: &str) -> ApiResult<Json<
     Ok(Json(serde_json::to_value(device).unwrap_or_default()))
 }
 
+/// Drains a node (`{"drain": true}`, the default) or puts it back in service
+/// (`{"drain": false}`).
+#[post("/api/v1/nodes/<id>/drain", data = "<body>")]
+async fn drain(
+    _o: Operator,
+    s: &State<ApiState>,
+    id: &str,
+    body: Option<Json<Value>>,
+) -> ApiResult<Json<Value>> {
+    let drain = match body.as_deref().map(|b| b.get("drain")) {
+        None | Some(None) => true,
+        Some(Some(Value::Bool(b))) => *b,
+        Some(Some(other)) => {
+            return Err(ApiError::BadRequest(format!(
+                "`drain` must be true or false, not {other}"
+            )))
+        }
+    };
+    let node = s.orch()?.drain_node(id, drain).await?;
+    Ok(Json(serde_json::to_value(node).unwrap_or_default()))
+}
+
 /// The installer this agent hands out (`curl -fsSL http://AGENT:8080/install.sh | sudo sh`).
 const INSTALL_SCRIPT: &str = include_str!("install.sh");
 
@@ -897,6 +919,7 @@ pub async fn serve(
                 enrollment,
                 open_enrollment,
                 approve,
+                drain,
                 metrics,
                 graphql_post,
                 graphql_get,

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -79,10 +80,25 @@ impl Proxies {
                 }
             }
         }
-        let listener = listen(port).await.map_err(|e| ProxyError::InUse {
-            port,
-            why: e.to_string(),
-        })?;
+        // an app moving off this host, or a container stopping, may hold it for a moment
+        let deadline = tokio::time::Instant::now() + PORT_WAIT;
+        let listener = loop {
+            match listen(port).await {
+                Ok(l) => break l,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    return Err(ProxyError::InUse {
+                        port,
+                        why: e.to_string(),
+                    })
+                }
+            }
+        };
         let (target, rx) = watch::channel(None);
         let stop = CancellationToken::new();
         tokio::spawn(serve(listener, self.backend, rx, stop.clone()));
@@ -94,6 +110,9 @@ impl Proxies {
         Ok(proxy)
     }
 }
+
+/// How long a port held by something else is waited for before the app fails.
+const PORT_WAIT: Duration = Duration::from_secs(10);
 
 /// Listens on `port` on every address: IPv6 and IPv4 on one dual-stack socket where the
 /// host has IPv6 (whatever `net.ipv6.bindv6only` says), IPv4 alone where it has not.

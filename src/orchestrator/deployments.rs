@@ -23,6 +23,28 @@ pub struct DeploymentRequest {
     pub branch: String,
     pub memory_mb: Option<u64>,
     pub auto_redeploy: bool,
+    /// Only on a node with this label.
+    pub label: Option<String>,
+    /// Only on a node of this CPU architecture.
+    pub arch: Option<String>,
+}
+
+/// Architecture names as Rust (and `uname -m`) spell them; Docker's and Debian's names are
+/// taken too.
+fn check_arch(arch: &str) -> Result<String, String> {
+    Ok(match arch.trim() {
+        "x86_64" | "amd64" => "x86_64",
+        "aarch64" | "arm64" => "aarch64",
+        "arm" | "armhf" | "armv7" | "armv7l" => "arm",
+        "x86" | "i386" | "i686" => "x86",
+        "riscv64" => "riscv64",
+        other => {
+            return Err(format!(
+                "arch `{other}` is not one Kraken knows (x86_64, aarch64, arm, x86, riscv64)"
+            ))
+        }
+    }
+    .to_owned())
 }
 
 /// Git URLs a worker may clone: network transports only (a `file://` path would read the
@@ -87,6 +109,15 @@ impl Orchestrator {
                 1 << 20
             )));
         }
+        if let Some(label) = &req.label {
+            crate::config::check_label(label).map_err(OrchestratorError::Invalid)?;
+        }
+        let arch = req
+            .arch
+            .as_deref()
+            .map(check_arch)
+            .transpose()
+            .map_err(OrchestratorError::Invalid)?;
         let now = crate::now_ms();
         let record = DeploymentRecord {
             id: Uuid::now_v7(),
@@ -103,6 +134,8 @@ impl Orchestrator {
             memory_mb,
             serving_generation: None,
             auto_redeploy: req.auto_redeploy,
+            label: req.label,
+            arch,
             created_at: now,
             updated_at: now,
         };
@@ -128,7 +161,7 @@ impl Orchestrator {
         let in_place = old
             .node
             .as_deref()
-            .filter(|n| self.is_alive(n) && old.serving_generation.is_some())
+            .filter(|n| self.is_alive(n) && !self.is_drained(n) && old.serving_generation.is_some())
             .map(str::to_owned);
         let record = self
             .store
@@ -315,8 +348,9 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// The least-loaded live node with room for the app: fewest deployments, then most
-    /// free memory, then fewest jobs. `Err(Ok(why))`: none now (it waits);
+    /// The least-loaded live node that may hold the app (not drained, with its label and
+    /// architecture) and has room for it: fewest deployments, then least CPU load, then
+    /// most free memory, then fewest jobs. `Err(Ok(why))`: none now (it waits);
     /// `Err(Err(why))`: none ever (it fails).
     #[allow(clippy::type_complexity)]
     fn pick_app_node(
@@ -325,40 +359,100 @@ impl Orchestrator {
         nodes: &[NodeRecord],
         apps_per_node: &HashMap<String, u32>,
     ) -> Result<NodeRecord, Result<String, String>> {
-        let largest = nodes
-            .iter()
-            .filter_map(|n| n.stats.as_ref().map(|s| s.memory_total_mb))
-            .max()
-            .unwrap_or(0);
-        if largest > 0 && d.memory_mb > largest {
-            return Err(Err(format!(
-                "it asks for {} MiB of memory; the largest node has {largest} MiB",
-                d.memory_mb
-            )));
+        let fits = |n: &NodeRecord| {
+            n.stats.as_ref().is_some_and(|s| {
+                d.label.as_ref().is_none_or(|l| s.labels.contains(l))
+                    && d.arch.as_ref().is_none_or(|a| s.arch == *a)
+            })
+        };
+        let known: Vec<&NodeRecord> = nodes.iter().filter(|n| n.stats.is_some()).collect();
+        if !known.is_empty() {
+            let mut wants = Vec::new();
+            if let Some(l) = &d.label {
+                wants.push(format!("labelled `{l}`"));
+            }
+            if let Some(a) = &d.arch {
+                wants.push(format!("of arch {a}"));
+            }
+            if !known.iter().any(|n| fits(n)) {
+                let mut labels: Vec<&str> = known
+                    .iter()
+                    .filter_map(|n| n.stats.as_ref())
+                    .flat_map(|s| s.labels.iter().map(String::as_str))
+                    .collect();
+                labels.sort_unstable();
+                labels.dedup();
+                let mut arches: Vec<&str> = known
+                    .iter()
+                    .filter_map(|n| n.stats.as_ref().map(|s| s.arch.as_str()))
+                    .filter(|a| !a.is_empty())
+                    .collect();
+                arches.sort_unstable();
+                arches.dedup();
+                return Err(Err(format!(
+                    "no node is {} (labels in the cluster: {}; architectures: {})",
+                    wants.join(" and "),
+                    if labels.is_empty() {
+                        "none".into()
+                    } else {
+                        labels.join(", ")
+                    },
+                    arches.join(", ")
+                )));
+            }
+            let largest = known
+                .iter()
+                .filter(|n| fits(n))
+                .filter_map(|n| n.stats.as_ref().map(|s| s.memory_total_mb))
+                .max()
+                .unwrap_or(0);
+            if largest > 0 && d.memory_mb > largest {
+                let which = if wants.is_empty() {
+                    "the largest node".to_owned()
+                } else {
+                    format!("the largest node {}", wants.join(" and "))
+                };
+                return Err(Err(format!(
+                    "it asks for {} MiB of memory; {which} has {largest} MiB",
+                    d.memory_mb
+                )));
+            }
         }
         let jobs = self.active_per_node();
         let best = nodes
             .iter()
-            .filter(|n| self.is_alive(&n.id))
+            .filter(|n| self.is_alive(&n.id) && !self.is_drained(&n.id) && fits(n))
             .filter_map(|n| {
                 let s = n.stats.as_ref().filter(|s| s.docker_ok)?;
                 let free = s.memory_total_mb.saturating_sub(s.memory_used_mb);
-                (free >= d.memory_mb).then_some((n, free))
+                (free >= d.memory_mb).then_some((n, s, free))
             })
-            .min_by_key(|(n, free)| {
+            .min_by_key(|(n, s, free)| {
+                // load per core, in tenths: small differences do not outweigh memory
+                let load = (s.load1 / f64::from(s.cpus.max(1)) * 10.0).round() as u64;
                 (
                     apps_per_node.get(&n.id).copied().unwrap_or(0),
+                    load,
                     std::cmp::Reverse(*free),
                     jobs.get(&n.id).copied().unwrap_or(0),
                     n.id.clone(),
                 )
             });
         match best {
-            Some((n, _)) => Ok(n.clone()),
-            None => Err(Ok(format!(
-                "waiting for a live worker with Docker and {} MiB of free memory",
-                d.memory_mb
-            ))),
+            Some((n, _, _)) => Ok(n.clone()),
+            None => {
+                let mut what = format!(
+                    "a live, undrained worker with Docker and {} MiB of free memory",
+                    d.memory_mb
+                );
+                if let Some(l) = &d.label {
+                    what.push_str(&format!(", labelled `{l}`"));
+                }
+                if let Some(a) = &d.arch {
+                    what.push_str(&format!(", of arch {a}"));
+                }
+                Err(Ok(format!("waiting for {what}")))
+            }
         }
     }
 
@@ -406,7 +500,8 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Deployments of nodes silent past the grace period are placed again elsewhere.
+    /// Deployments of nodes silent past the grace period, or drained, are placed again
+    /// elsewhere.
     pub(super) fn move_lost_apps(&self) -> Result<(), OrchestratorError> {
         let grace = Duration::from_millis(self.config.orchestrator.grace_ms);
         let deployments = self.store.deployments()?;
@@ -414,15 +509,21 @@ impl Orchestrator {
             let Some(node) = d.holder().map(str::to_owned) else {
                 continue;
             };
-            let silent = lock(&self.sched)
+            let (silent, drained) = lock(&self.sched)
                 .live
                 .get(node.as_str())
-                .is_none_or(|l| l.last_seen.elapsed() >= grace);
-            if !silent {
+                .map_or((true, false), |l| {
+                    (l.last_seen.elapsed() >= grace, l.drained)
+                });
+            let reason = if drained {
+                tracing::info!(id = %d.id, %node, "the node of a deployment is drained; moving it");
+                format!("moving: node {node} is drained")
+            } else if silent {
+                tracing::warn!(id = %d.id, %node, "the node of a deployment went silent; moving it");
+                format!("moving: node {node} stopped sending heartbeats")
+            } else {
                 continue;
-            }
-            tracing::warn!(id = %d.id, %node, "the node of a deployment went silent; moving it");
-            let reason = format!("moving: node {node} stopped sending heartbeats");
+            };
             self.place_again(d.id, &node, d.generation, reason)?;
         }
         Ok(())

@@ -258,6 +258,12 @@ pub struct DeploymentRecord {
     /// Whether a new commit on the branch is deployed by itself.
     #[serde(default)]
     pub auto_redeploy: bool,
+    /// A label the node must carry (`worker.labels`).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The CPU architecture the node must have (`x86_64`, `aarch64`, `arm`).
+    #[serde(default)]
+    pub arch: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -300,6 +306,9 @@ pub struct NodeRecord {
     pub last_seen: i64,
     pub slots: u32,
     pub stats: Option<NodeStats>,
+    /// Drained by an operator: nothing new is placed on it and its apps move elsewhere.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// A node's resources, from its latest heartbeat.
@@ -321,6 +330,12 @@ pub struct NodeStats {
     #[serde(default)]
     pub apps: Vec<String>,
     pub docker_ok: bool,
+    /// The node's CPU architecture (`x86_64`, `aarch64`, `arm`).
+    #[serde(default)]
+    pub arch: String,
+    /// Its `worker.labels`.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// One captured line of a job's output.
