@@ -91,6 +91,33 @@ async fn a_static_site_and_a_python_app_are_deployed_and_served() {
         assert!(site_states.contains(state), "{state} seen: {site_states:?}");
     }
 
+    // an app that does not speak HTTP (`health = "running"`) is healthy while it stays up,
+    // and its port carries its own protocol
+    let echo_port = free_port(false);
+    let echo = git.publish("echo", &fixture("tcp-echo", echo_port));
+    let e = create(&client, &echo, "").await;
+    let e = wait_status(
+        &client,
+        e["id"].as_str().unwrap(),
+        &["RUNNING", "FAILED"],
+        cold,
+    )
+    .await;
+    assert_eq!(e["status"], "RUNNING", "tcp echo: {e}");
+    {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", echo_port))
+            .await
+            .expect("the echo app's port is open");
+        conn.write_all(b"ping over tcp\n").await.unwrap();
+        let mut line = String::new();
+        tokio::io::BufReader::new(conn)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        assert_eq!(line, "ping over tcp\n");
+    }
+
     // build and run output, for the operator
     // (log lines travel apart from the status: they may come a moment later)
     let q = "query($id: ID!) { deployment(id: $id) { log { text } } }";

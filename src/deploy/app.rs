@@ -6,7 +6,7 @@
 //! and process limit, Docker's `on-failure` restarts (with Docker's growing delay) for a
 //! bounded number of crashes, and never the docker socket.
 
-use super::manifest::{Manifest, ManifestError};
+use super::manifest::{Health, Manifest, ManifestError};
 use super::proxy::{Proxies, Proxy, ProxyError};
 use crate::broker::messages::DeployAssignment;
 use crate::git::command as git;
@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 const HEALTH_WINDOW: Duration = Duration::from_secs(60);
 /// Crashes Docker restarts (with its growing delay) before the app counts as failed.
 const MAX_RESTARTS: i64 = 3;
+/// How long an app checked by `health = "running"` must stay up to be healthy.
+const STAY_UP: Duration = Duration::from_secs(5);
 /// How long cloning may take.
 const CLONE_TIMEOUT: Duration = Duration::from_secs(180);
 /// The name the platform's Dockerfile gets inside the build context.
@@ -152,6 +154,8 @@ pub struct Found {
     /// The app's port, name, commit and health-check path.
     pub port: Option<u16>,
     pub endpoint: Option<String>,
+    /// `kraken.health`: absent in containers of earlier builds, which meant HTTP.
+    pub health: Health,
     pub app: Option<String>,
     pub commit: Option<String>,
 }
@@ -180,6 +184,10 @@ pub async fn found(rt: &Runtime, node: &str) -> Vec<Found> {
                 port: labels.get("kraken.port").and_then(|p| p.parse().ok()),
                 app: labels.get("kraken.app").cloned(),
                 endpoint: labels.get("kraken.endpoint").cloned(),
+                health: labels
+                    .get("kraken.health")
+                    .and_then(|h| Health::parse(h))
+                    .unwrap_or(Health::Http),
                 commit: labels.get("kraken.commit").cloned(),
                 running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
             })
@@ -220,7 +228,8 @@ pub async fn adopt(
             .ok_or_else(|| AppError::Start("the container does not say its app's port".into()))?;
         let proxy = sinks.proxies.get(a.id, port).await?;
         let endpoint = f.endpoint.as_deref().unwrap_or("/");
-        let backend = healthy(&d, &f.container, port, sinks.proxies.backend(), endpoint).await?;
+        let check = Check::of(f.health, endpoint);
+        let backend = healthy(&d, &f.container, port, sinks.proxies.backend(), check).await?;
         serve(&proxy, backend, sinks);
         (sinks.report)(known.clone());
         tokio::select! {
@@ -369,7 +378,8 @@ async fn deploy(
     let logs = follow_logs(&d, &container, sinks);
     let watched = async {
         let at = sinks.proxies.backend();
-        let backend = healthy(&d, &container, manifest.port, at, &manifest.endpoint).await?;
+        let check = Check::of(manifest.health, &manifest.endpoint);
+        let backend = healthy(&d, &container, manifest.port, at, check).await?;
         serve(&proxy, backend, sinks);
         known.status = DeployStatus::Running;
         (sinks.report)(known.clone());
@@ -594,6 +604,10 @@ async fn start(
             ("kraken.app".to_string(), manifest.name.clone()),
             ("kraken.port".to_string(), manifest.port.to_string()),
             ("kraken.endpoint".to_string(), manifest.endpoint.clone()),
+            (
+                "kraken.health".to_string(),
+                manifest.health.as_str().to_owned(),
+            ),
             ("kraken.commit".to_string(), commit.to_owned()),
         ])),
         host_config: Some(HostConfig {
@@ -650,44 +664,89 @@ fn docker_message(e: bollard::errors::Error) -> String {
     }
 }
 
-/// Waits until the app answers HTTP at its manifest's `endpoint` with anything but a
-/// server error, or fails when the container gives up or the window passes.
+/// What a started app must do to be healthy.
+#[derive(Clone, Copy)]
+enum Check<'a> {
+    /// Answer HTTP at this path with anything but a server error.
+    Http(&'a str),
+    /// Stay up, without a restart, this long.
+    StaysUp(Duration),
+}
+
+impl<'a> Check<'a> {
+    fn of(health: Health, endpoint: &'a str) -> Self {
+        match health {
+            Health::Http => Check::Http(endpoint),
+            Health::Running => Check::StaysUp(STAY_UP),
+        }
+    }
+}
+
+/// Waits until the app passes its check, or fails when the container gives up or the
+/// window passes; the loopback port it is published on.
 async fn healthy(
     d: &Docker,
     container: &str,
     port: u16,
     at: std::net::IpAddr,
-    endpoint: &str,
+    check: Check<'_>,
 ) -> Result<u16, AppError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| AppError::Unhealthy(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + HEALTH_WINDOW;
+    // since when it runs, with how many restarts
+    let mut up: Option<(tokio::time::Instant, i64)> = None;
     loop {
         if let Some(reason) = given_up(d, container).await? {
             return Err(AppError::Unhealthy(reason));
         }
         // published only while the container runs
         if let Some(backend) = backend_port(d, container, port).await {
-            let url = format!(
-                "http://{}{endpoint}",
-                std::net::SocketAddr::new(at, backend)
-            );
-            if client
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| !r.status().is_server_error())
-            {
-                return Ok(backend);
+            match check {
+                Check::Http(endpoint) => {
+                    let url = format!(
+                        "http://{}{endpoint}",
+                        std::net::SocketAddr::new(at, backend)
+                    );
+                    if client
+                        .get(&url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| !r.status().is_server_error())
+                    {
+                        return Ok(backend);
+                    }
+                }
+                Check::StaysUp(long) => {
+                    let info = d.inspect_container(container, None).await?;
+                    let running = info.state.and_then(|s| s.running) == Some(true);
+                    let restarts = info.restart_count.unwrap_or(0);
+                    match up {
+                        Some((since, r)) if running && r == restarts => {
+                            if since.elapsed() >= long {
+                                return Ok(backend);
+                            }
+                        }
+                        _ if running => up = Some((tokio::time::Instant::now(), restarts)),
+                        _ => up = None,
+                    }
+                }
             }
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(AppError::Unhealthy(format!(
-                "it did not answer HTTP on its port within {} s",
-                HEALTH_WINDOW.as_secs()
-            )));
+            return Err(AppError::Unhealthy(match check {
+                Check::Http(_) => format!(
+                    "it did not answer HTTP on its port within {} s",
+                    HEALTH_WINDOW.as_secs()
+                ),
+                Check::StaysUp(long) => format!(
+                    "it did not stay up for {} s within {} s",
+                    long.as_secs(),
+                    HEALTH_WINDOW.as_secs()
+                ),
+            }));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -6,6 +6,7 @@
 //! version = "1.0.0"
 //! author = "Ada"
 //! endpoint = "/health"    # the path the health check asks (default "/")
+//! health = "http"         # http: it answers at `endpoint`; running: it stays up (any protocol)
 //!
 //! [config]
 //! port = 8000             # the port the app listens on in its container
@@ -71,10 +72,36 @@ pub struct Manifest {
     pub author: Option<String>,
     /// The health check's path, starting with `/`.
     pub endpoint: String,
+    /// What makes the app healthy.
+    pub health: Health,
     pub port: u16,
     pub lang: Lang,
     pub test: Option<String>,
     pub run: Option<String>,
+}
+
+/// What the health check asks of a started app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// It answers HTTP at `endpoint` with anything but a server error.
+    Http,
+    /// Its container stays up (an app that does not speak HTTP).
+    Running,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Http => "http",
+            Health::Running => "running",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Health> {
+        [Health::Http, Health::Running]
+            .into_iter()
+            .find(|h| h.as_str() == s)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,6 +133,7 @@ struct RawApp {
     version: Option<String>,
     author: Option<String>,
     endpoint: Option<String>,
+    health: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -201,6 +229,15 @@ impl Manifest {
                 format!("`{endpoint}` is not a URL path (it starts with '/', without spaces)"),
             ));
         }
+        let health = match app.health.as_deref() {
+            None => Health::Http,
+            Some(h) => Health::parse(h).ok_or_else(|| {
+                invalid(
+                    "app.health",
+                    format!("`{h}` is not \"http\" or \"running\""),
+                )
+            })?,
+        };
 
         let config = raw.config.ok_or(ManifestError::MissingKey {
             key: "config",
@@ -242,6 +279,7 @@ impl Manifest {
             version,
             author,
             endpoint,
+            health,
             port,
             lang,
             test,
@@ -309,6 +347,7 @@ run = "python app.py"
             ("[app]\n[config]\nport = 1\nlang = \"static-site\"", "`app.name` is missing"),
             ("[app]\nname = \"Hello_World\"\n[config]\nport = 1\nlang = \"static-site\"", "`app.name` `Hello_World` is not a DNS label"),
             ("[app]\nname = \"a\"\nendpoint = \"health\"\n[config]\nport = 1\nlang = \"static-site\"", "`app.endpoint`"),
+            ("[app]\nname = \"a\"\nhealth = \"tcp\"\n[config]\nport = 1\nlang = \"static-site\"", "`app.health`"),
             ("[app]\nname = \"a\"\n[config]\nlang = \"static-site\"", "`config.port` is missing"),
             ("[app]\nname = \"a\"\n[config]\nport = 70000\nlang = \"static-site\"", "70000 is not a port"),
             ("[app]\nname = \"a\"\n[config]\nport = \"80\"\nlang = \"static-site\"", "invalid type"),
@@ -337,5 +376,13 @@ run = "python app.py"
         ));
         std::fs::write(dir.path().join("kraken.toml"), GOOD).unwrap();
         assert_eq!(Manifest::read(dir.path()).unwrap().name, "hello");
+    }
+
+    #[test]
+    fn health_is_http_unless_the_app_says_running() {
+        let site = "[app]\nname = \"a\"\n[config]\nport = 1\nlang = \"static-site\"";
+        assert_eq!(Manifest::parse(site).unwrap().health, Health::Http);
+        let tcp = site.replace("[config]", "health = \"running\"\n[config]");
+        assert_eq!(Manifest::parse(&tcp).unwrap().health, Health::Running);
     }
 }
