@@ -57,6 +57,9 @@ struct AppSlot {
     done: tokio::task::JoinHandle<()>,
 }
 
+/// How often app images nothing uses are looked for.
+const IMAGE_SWEEP: Duration = Duration::from_secs(600);
+
 pub struct Worker {
     settings: WorkerSettings,
     runtime: Arc<Runtime>,
@@ -117,6 +120,7 @@ impl Worker {
         tasks.spawn(async move {
             me.runtime.remove_leftovers().await;
             me.adopt_apps(&inner, &token0).await;
+            me.sweep_app_images_every(IMAGE_SWEEP, token0.clone());
             if me.settings.slots > 0 {
                 // build the job image up front, so the first job does not pay for it
                 if let Err(error) = me.runtime.ensure_job_image().await {
@@ -291,6 +295,25 @@ impl Worker {
                 done,
             },
         );
+    }
+
+    /// Removes app images nothing uses now and then after every `period`, so the disk
+    /// holds one image per app this node serves.
+    fn sweep_app_images_every(self: &Arc<Self>, period: Duration, shutdown: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let held: Vec<(Uuid, u32)> = lock(&me.apps)
+                    .iter()
+                    .map(|(id, slot)| (*id, slot.generation))
+                    .collect();
+                app::sweep_images(&me.runtime, &me.settings.node_id, &held).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
+                }
+            }
+        });
     }
 
     /// Adopts the app containers a previous run of this agent left running (the

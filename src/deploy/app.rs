@@ -275,6 +275,52 @@ async fn remove(rt: &Runtime, made: &Made) {
     }
 }
 
+/// Removes this node's app images that no container uses and no app of `held`
+/// (`(deployment, generation)`, building or serving here) will: what an agent killed
+/// mid-build, or a removal that failed, left behind. Images of other nodes sharing the
+/// dockerd are not this node's to judge. Returns how many went.
+pub async fn sweep_images(rt: &Runtime, node: &str, held: &[(uuid::Uuid, u32)]) -> usize {
+    let Ok(d) = rt.docker().await else {
+        return 0;
+    };
+    let key = |labels: &HashMap<String, String>| {
+        Some((
+            labels
+                .get("kraken.deployment")?
+                .parse::<uuid::Uuid>()
+                .ok()?,
+            labels.get("kraken.generation")?.parse::<u32>().ok()?,
+        ))
+    };
+    let mine = HashMap::from([("label".to_string(), vec![format!("kraken.app-node={node}")])]);
+    let containers = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&mine)
+        .build();
+    let Ok(containers) = d.list_containers(Some(containers)).await else {
+        return 0;
+    };
+    let mut wanted: std::collections::HashSet<(uuid::Uuid, u32)> = held.iter().copied().collect();
+    wanted.extend(containers.iter().filter_map(|c| key(c.labels.as_ref()?)));
+    let images = bollard::query_parameters::ListImagesOptionsBuilder::new()
+        .filters(&mine)
+        .build();
+    let Ok(images) = d.list_images(Some(images)).await else {
+        return 0;
+    };
+    let mut removed = 0;
+    for image in images {
+        if key(&image.labels).is_some_and(|k| wanted.contains(&k)) {
+            continue;
+        }
+        let name = image.repo_tags.first().cloned().unwrap_or(image.id.clone());
+        tracing::info!(image = %name, "removing an app image nothing uses");
+        remove_app_image(&d, &name).await;
+        removed += 1;
+    }
+    removed
+}
+
 /// Removes an app image (a tag, or the layer a failed build stopped at) and the layers only
 /// it used, from the top down to the one that copied the app in: the language's layers
 /// below stay as the next build's cache, and a layer another image builds on stays too.
@@ -343,7 +389,7 @@ async fn deploy(
         a.generation
     );
     made.image = Some(tag.clone());
-    if let Err(e) = build(rt, &d, &dir, &manifest, &tag, a, sinks).await {
+    if let Err(e) = build(rt, &dir, &manifest, &tag, a, node, sinks).await {
         // what the failed build left is removed from where it stopped
         made.image = match &e {
             AppError::Build(_, Some(layer)) => Some(layer.clone()),
@@ -492,17 +538,18 @@ fn context(dir: &Path, dockerfile: Option<&str>) -> Result<Vec<u8>, AppError> {
 
 async fn build(
     rt: &Runtime,
-    d: &Docker,
     dir: &Path,
     manifest: &Manifest,
     tag: &str,
     a: &DeployAssignment,
+    node: &str,
     sinks: &Sinks<'_>,
 ) -> Result<(), AppError> {
     let platform = manifest.lang.dockerfile_text();
     if platform.is_none() && !dir.join("Dockerfile").is_file() {
         return Err(AppError::NoDockerfile);
     }
+    let d = rt.docker().await?;
     let dir2 = dir.to_owned();
     let ctx = crate::runtime::blocking(move || {
         context(&dir2, platform).map_err(|e| std::io::Error::other(e.to_string()))
@@ -515,6 +562,7 @@ async fn build(
     let labels = HashMap::from([
         ("kraken.deployment".to_string(), a.id.to_string()),
         ("kraken.generation".to_string(), a.generation.to_string()),
+        ("kraken.app-node".to_string(), node.to_owned()),
     ]);
     let opts = BuildImageOptionsBuilder::new()
         .t(tag)
