@@ -678,3 +678,77 @@ async fn another_cluster_on_the_lan_is_ignored_and_a_pending_device_is_approved(
         "{log}"
     );
 }
+
+/// Apps live through their orchestrator's death: the new leader finds the deployment in the
+/// replicated store as it was, and the worker serving it keeps the very same container,
+/// neither built nor started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_keeps_serving_through_a_failover() {
+    use common::apps::{containers_of, create, deployment, fetch, fixture, wait_status, GitServer};
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let bridge = lan.bridge_address();
+    let git = GitServer::start_at(lan.root(), &bridge);
+    let url = git.publish("kept", &fixture("static-site", 8089));
+    // the containers' ports are published on the bridge address, where the agents reach them
+    let env = [("KRAKEN_WORKER_APP_BACKEND_ADDRESS", bridge.as_str())];
+    let mut agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 1, &env)).collect();
+    let lead = wait_for_leader(&agents);
+    agents[lead].wait_ready(3).await;
+    wait_for_voters(&agents[lead], 3).await;
+    let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
+    let client = agents[lead].client();
+    // the leader is drained, so the app runs on a worker that outlives it
+    client
+        .graphql(
+            "mutation($id: String!) { drainNode(id: $id) }",
+            json!({ "id": ids[lead] }),
+        )
+        .await
+        .unwrap();
+    let d = create(&client, &url, "").await;
+    let id = d["id"].as_str().unwrap().to_owned();
+    let d = wait_status(
+        &client,
+        &id,
+        &["RUNNING", "FAILED"],
+        Duration::from_secs(600),
+    )
+    .await;
+    assert_eq!(d["status"], "RUNNING", "{d}");
+    assert_ne!(d["node"], json!(ids[lead]), "not on the drained leader");
+    let serving = containers_of(&id);
+    assert_eq!(serving.len(), 1, "{serving:?}");
+
+    lan.power_off(lead, &ids[lead]);
+    agents[lead].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != lead).collect();
+    let new_lead = wait_for_raft_leader(&agents, &survivors, Duration::from_secs(30)).await;
+    let client = agents[new_lead].client();
+    let after = wait_until_async(
+        "the new orchestrator answers for the app",
+        Duration::from_secs(30),
+        || async {
+            let q = "query($id: ID!) { deployment(id: $id) { status node generation url } }";
+            client.graphql(q, json!({ "id": id })).await.ok()
+        },
+    )
+    .await;
+    let after = &after["deployment"];
+    assert_eq!(after["status"], "RUNNING", "{after}");
+    assert_eq!(after["node"], d["node"]);
+    assert_eq!(after["generation"], d["generation"]);
+    let page = fetch(after["url"].as_str().unwrap()).await;
+    assert!(
+        page.is_some_and(|p| p.contains("hello from a static site")),
+        "it serves on"
+    );
+    // several heartbeats on: the same container, nothing placed again
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(containers_of(&id), serving);
+    let settled = deployment(&client, &id).await;
+    assert_eq!(settled["generation"], d["generation"], "{settled}");
+    assert_eq!(settled["status"], "RUNNING", "{settled}");
+}
