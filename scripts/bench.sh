@@ -4,10 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] && scripts/services.sh
 cargo build --release --tests
-# `scripts/bench.sh pipeline` runs the NetKAN pipeline's section alone and puts it in place
+# `scripts/bench.sh pipeline` (or `apps`) runs that section alone and puts it in place
 case "${1:-all}" in
     pipeline) only='test(=netkan_pipeline_section)' ;;
+    apps) only='test(=app_deployments_section)' ;;
     all) only='test(=benchmark)' ;;
-    *) echo "usage: scripts/bench.sh [all|pipeline]" >&2; exit 2 ;;
+    *) echo "usage: scripts/bench.sh [all|pipeline|apps]" >&2; exit 2 ;;
 esac
 cargo nextest run --release --test bench --run-ignored only --no-capture -E "$only"

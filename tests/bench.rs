@@ -506,8 +506,28 @@ async fn inflate_benchmark(out: &mut String) {
     );
 }
 
-/// Runs the NetKAN pipeline benchmark alone and puts its section into `docs/benchmarks.md`
-/// in place of the one there (`scripts/bench.sh pipeline`).
+/// Puts `section` (starting `\n## <title>\n`) into `docs/benchmarks.md` in place of the one
+/// with that title, or at the end.
+fn splice_section(title: &str, section: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let head = format!("\n## {title}\n");
+    let doc = match doc.find(&head) {
+        Some(at) => {
+            let rest = &doc[at + head.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(doc.len(), |e| at + head.len() + e);
+            format!("{}{}\n{}", &doc[..at], section.trim_end(), &doc[end..])
+        }
+        None => format!("{}\n{}", doc.trim_end(), section),
+    };
+    std::fs::write(path, doc).unwrap();
+    println!("{section}");
+}
+
+/// Runs the NetKAN pipeline benchmark alone and puts its section in place
+/// (`scripts/bench.sh pipeline`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a benchmark: run scripts/bench.sh pipeline"]
 async fn netkan_pipeline_section() {
@@ -517,21 +537,21 @@ async fn netkan_pipeline_section() {
     );
     let mut section = String::new();
     pipeline_benchmark(&mut section).await;
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
-    let doc = std::fs::read_to_string(path).unwrap_or_default();
-    let title = "\n## NetKAN pipeline\n";
-    let doc = match doc.find(title) {
-        Some(at) => {
-            let rest = &doc[at + title.len()..];
-            let end = rest
-                .find("\n## ")
-                .map_or(doc.len(), |e| at + title.len() + e);
-            format!("{}{}{}", &doc[..at], section.trim_end(), &doc[end..])
-        }
-        None => format!("{}\n{}", doc.trim_end(), section),
-    };
-    std::fs::write(path, doc).unwrap();
-    println!("{section}");
+    splice_section("NetKAN pipeline", &section);
+}
+
+/// Runs the app deployment benchmark alone and puts its section in place
+/// (`scripts/bench.sh apps`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark: run scripts/bench.sh apps"]
+async fn app_deployments_section() {
+    assert!(
+        real_parts_present(),
+        "benchmarks need dockerd and rabbitmq-server"
+    );
+    let mut section = String::new();
+    deploy_benchmark(&mut section).await;
+    splice_section("App deployments", &section);
 }
 
 /// The NetKAN pipeline on the cluster: a scheduled round of 1,000 generated mods from the
@@ -770,27 +790,38 @@ fn chrono_like_now() -> String {
 /// worker.
 async fn deploy_benchmark(out: &mut String) {
     use common::apps::*;
-    // cold means cold: no app image (nor the layers under it) is left from earlier runs
-    let _ = std::process::Command::new("docker")
-        .args([
-            "image",
-            "prune",
-            "-af",
-            "--filter",
-            "label=kraken.deployment",
-        ])
-        .output();
+    // cold means cold: the apps build on a base image of their own, made for this run (the
+    // base with one label more, so another image id), on which dockerd has cached nothing
+    let base = format!("kraken-bench-base:{}", std::process::id());
+    let mut build = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &base, "--label"])
+        .arg(format!("kraken.bench={}", chrono_like_now()))
+        .arg("-")
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = build.stdin.take().unwrap();
+        stdin.write_all(b"FROM debian:bookworm-slim\n").unwrap();
+    }
+    assert!(build.wait().unwrap().success(), "a fresh base image");
     let root = tempfile::tempdir().unwrap();
     let git = GitServer::start(root.path());
     let grace_ms = 3000;
-    let env = [("KRAKEN_ORCHESTRATOR_GRACE_MS", "3000")];
+    let env = [
+        ("KRAKEN_ORCHESTRATOR_GRACE_MS", "3000"),
+        ("KRAKEN_WORKER_BASE_IMAGE", base.as_str()),
+    ];
     let orch = Agent::orchestrator(root.path(), 1, &env);
     let mut w1 = Agent::worker(root.path(), "w1", &orch, 1, &env);
     orch.wait_ready(2).await;
     let client = orch.client();
     let within = Duration::from_secs(900);
     let _ = writeln!(out, "\n## App deployments\n");
-    let _ = writeln!(out, "One orchestrator and one worker on this machine, repositories served by `git daemon` on loopback; the base image is local (no registry). Cold: no image of the language was cached (the apt layers are built); warm: a redeploy of a new commit while the previous image is there.\n");
+    let _ = writeln!(out, "One orchestrator and one worker on this machine, repositories served by `git daemon` on loopback; the base image is local (no registry). Cold: the first app of its language on a base image made for the run, so nothing above the base is cached (the language's apt layers are built); warm: a redeploy of a new commit while the previous image is there.\n");
     let _ = writeln!(out, "| app | mutation → RUNNING, cold | redeploy → new version serving, warm | requests failed during the redeploy (polled every 20 ms) |");
     let _ = writeln!(out, "|---|---|---|---|");
     let mut running = Vec::new();
@@ -876,4 +907,10 @@ async fn deploy_benchmark(out: &mut String) {
             grace_ms as f64 / 1000.0
         );
     }
+    // the run's base image goes with the apps built on it (best effort: an image still in
+    // use stays)
+    drop((w1, orch));
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &base])
+        .output();
 }
