@@ -793,21 +793,7 @@ async fn deploy_benchmark(out: &mut String) {
     // cold means cold: the apps build on a base image of their own, made for this run (the
     // base with one label more, so another image id), on which dockerd has cached nothing
     let base = format!("kraken-bench-base:{}", std::process::id());
-    let mut build = std::process::Command::new("docker")
-        .args(["build", "-q", "-t", &base, "--label"])
-        .arg(format!("kraken.bench={}", chrono_like_now()))
-        .arg("-")
-        .env("DOCKER_BUILDKIT", "0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = build.stdin.take().unwrap();
-        stdin.write_all(b"FROM debian:bookworm-slim\n").unwrap();
-    }
-    assert!(build.wait().unwrap().success(), "a fresh base image");
+    labelled_base_image(&base, &[("kraken.bench", chrono_like_now())]);
     let root = tempfile::tempdir().unwrap();
     let git = GitServer::start(root.path());
     let grace_ms = 3000;

@@ -374,25 +374,14 @@ async fn apps_spread_move_off_a_dead_worker_and_survive_a_restart() {
     assert_eq!(before.len(), 2);
     // an app image of this node that nothing uses (a build cut off, say) goes at the start
     let orphan = "kraken-app-orphan:0123456789ab-1";
-    let mut build = Command::new("docker")
-        .args(["build", "-q", "-t", orphan, "--label"])
-        .arg(format!("kraken.app-node={}", orch.node_id()))
-        .args([
-            "--label",
-            &format!("kraken.deployment={}", uuid::Uuid::now_v7()),
-        ])
-        .args(["--label", "kraken.generation=1", "-"])
-        .env("DOCKER_BUILDKIT", "0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = build.stdin.take().unwrap();
-        stdin.write_all(b"FROM debian:bookworm-slim\n").unwrap();
-    }
-    assert!(build.wait().unwrap().success(), "the orphan image is built");
+    labelled_base_image(
+        orphan,
+        &[
+            ("kraken.app-node", orch.node_id()),
+            ("kraken.deployment", uuid::Uuid::now_v7().to_string()),
+            ("kraken.generation", "1".into()),
+        ],
+    );
     orch.restart();
     orch.wait_ready(1).await;
     let client = orch.client();

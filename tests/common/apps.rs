@@ -224,3 +224,28 @@ pub fn containers_of(id: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Builds image `tag`: `debian:bookworm-slim` with `labels` (another image id than the base,
+/// on which dockerd has cached nothing).
+pub fn labelled_base_image(tag: &str, labels: &[(&str, String)]) {
+    use std::io::Write;
+    let mut cmd = Command::new("docker");
+    cmd.args(["build", "-q", "-t", tag]);
+    for (k, v) in labels {
+        cmd.arg("--label").arg(format!("{k}={v}"));
+    }
+    let mut build = cmd
+        .arg("-")
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("docker runs");
+    build
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"FROM debian:bookworm-slim\n")
+        .unwrap();
+    assert!(build.wait().unwrap().success(), "docker built {tag}");
+}
