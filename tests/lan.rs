@@ -3,6 +3,7 @@
 //! and a third-party mDNS stack (avahi) on a fourth host sees every one of them.
 
 mod common;
+mod upstream;
 
 use common::lan::Lan;
 use common::*;
@@ -751,4 +752,92 @@ async fn an_app_keeps_serving_through_a_failover() {
     let settled = deployment(&client, &id).await;
     assert_eq!(settled["generation"], d["generation"], "{settled}");
     assert_eq!(settled["status"], "RUNNING", "{settled}");
+}
+
+/// The NetKAN pipeline lives through its orchestrator's death: mods asked for just before
+/// the leader is powered off are inflated and committed by the new leader, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netkan_work_asked_of_a_dying_leader_is_committed_once_by_the_next() {
+    use common::apps::GitServer;
+    use common::netkan::subjects;
+    if !real_parts_present() || !common::lan::lan_tools_present() {
+        return;
+    }
+    const MODS: usize = 12;
+    let lan = Lan::new(3);
+    let bridge = lan.bridge_address();
+    // the upstream hosts and the repositories, where the hosts and their containers reach them
+    let up = upstream::Upstream::start_on(&bridge).await;
+    let git = GitServer::start_at(lan.root(), &bridge);
+    let files: Vec<(String, String)> = (0..MODS)
+        .map(|n| {
+            let (id, text) = up.generated_mod(n);
+            (format!("NetKAN/{id}.netkan"), text)
+        })
+        .collect();
+    let list: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
+    let netkan_url = git.publish("NetKAN", &list);
+    let meta_url = git.publish("CKAN-meta", &[("README.md", "CKAN metadata\n".into())]);
+    let bare_meta = lan.root().join("git/CKAN-meta.git");
+    let api = format!("{}/gh-api", up.base);
+    let web = format!("{}/gh-web", up.base);
+    // every agent may come to lead, so every one knows the pipeline's settings
+    let env = [
+        ("KRAKEN_NETKAN_REPO_URL", netkan_url.as_str()),
+        ("KRAKEN_NETKAN_META_URL", meta_url.as_str()),
+        ("KRAKEN_NETKAN_SCHEDULE_SECS", "0"),
+        ("KRAKEN_NETKAN_INFLATE_BATCH", "2"),
+        ("KRAKEN_GITHUB_API", api.as_str()),
+        ("KRAKEN_GITHUB_WEB", web.as_str()),
+    ];
+    let mut agents: Vec<Agent> = (0..3).map(|i| Agent::on_lan(&lan, i, 1, &env)).collect();
+    let lead = wait_for_leader(&agents);
+    agents[lead].wait_ready(3).await;
+    wait_for_voters(&agents[lead], 3).await;
+    let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
+    let all: Vec<String> = (0..MODS).map(|n| format!("Gen{n}")).collect();
+    let asked = agents[lead]
+        .client()
+        .post("/inflate", &json!(all))
+        .await
+        .unwrap();
+    assert_eq!(
+        asked["jobs"].as_array().map(Vec::len),
+        Some(MODS / 2),
+        "{asked}"
+    );
+
+    // the leader dies with the work just asked
+    lan.power_off(lead, &ids[lead]);
+    agents[lead].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != lead).collect();
+    let new_lead = wait_for_raft_leader(&agents, &survivors, Duration::from_secs(30)).await;
+    let expected: Vec<String> = (0..MODS)
+        .map(|n| format!("NetKAN added mod - Gen{n}-1.{n}"))
+        .collect();
+    wait_until("every mod is committed", Duration::from_secs(120), || {
+        let s = subjects(&bare_meta);
+        expected.iter().all(|e| s.contains(e)).then_some(())
+    });
+    // a few moments on: nothing was committed twice
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = subjects(&bare_meta);
+    let netkan: Vec<&String> = s.iter().filter(|s| s.starts_with("NetKAN ")).collect();
+    assert_eq!(netkan.len(), MODS, "each mod once: {netkan:?}");
+    let p = agents[new_lead]
+        .client()
+        .graphql(
+            "{ netkanPipeline { indexQueue inflateQueuedMods } }",
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        p["netkanPipeline"],
+        json!({"indexQueue": 0, "inflateQueuedMods": 0})
+    );
+    assert!(
+        agents[new_lead].log().contains("indexed"),
+        "the new leader wrote the commits"
+    );
 }
