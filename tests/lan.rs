@@ -113,38 +113,43 @@ async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries
     let new_ip = lan.readdress(lead, 200);
     agents[lead].set_host(&new_ip);
     let all: Vec<usize> = (0..3).collect();
-    let leader = wait_for_raft_leader(&agents, &all, Duration::from_secs(60)).await;
-    let client = agents[leader].client();
-    let all_alive = || async {
-        let nodes = client.get("/api/v1/nodes").await.ok()?;
-        let alive: Vec<String> = nodes
-            .as_array()?
-            .iter()
-            .filter(|n| n["alive"] == json!(true))
-            .map(|n| n["id"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        ids.iter().all(|id| alive.contains(id)).then_some(())
+    let all_alive = |client: Client| {
+        let ids = ids.clone();
+        async move {
+            let nodes = client.get("/api/v1/nodes").await.ok()?;
+            let alive: Vec<String> = nodes
+                .as_array()?
+                .iter()
+                .filter(|n| n["alive"] == json!(true))
+                .map(|n| n["id"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            ids.iter().all(|id| alive.contains(id)).then_some(())
+        }
     };
-    let worker = (0..3).find(|&i| i != lead && i != leader).unwrap();
-    if leader == lead {
-        wait_until_async(
-            "the workers follow the orchestrator",
-            Duration::from_secs(60),
-            || async {
-                let moved = agents[worker].log().lines().any(|l| {
-                    l.contains("following the orchestrator") && l.contains(&format!("//{new_ip}:"))
+    // whoever leads once it settles (the re-addressed leader may still claim the lead for a
+    // moment before its peers elect another): every node alive there, and if it is the
+    // re-addressed one, the workers found it at its new address
+    let leader = wait_until_async(
+        "the cluster settles with every node alive",
+        Duration::from_secs(90),
+        || async {
+            let leader = wait_for_raft_leader(&agents, &all, Duration::from_secs(60)).await;
+            all_alive(agents[leader].client()).await?;
+            if leader == lead {
+                let followed = (0..3).filter(|&i| i != lead).all(|i| {
+                    agents[i].log().lines().any(|l| {
+                        l.contains("following the orchestrator")
+                            && l.contains(&format!("//{new_ip}:"))
+                    })
                 });
-                if moved {
-                    all_alive().await
-                } else {
-                    None
-                }
-            },
-        )
-        .await;
-    } else {
-        wait_until_async("every node is alive", Duration::from_secs(60), all_alive).await;
-    }
+                followed.then_some(())?;
+            }
+            Some(leader)
+        },
+    )
+    .await;
+    let client = agents[leader].client();
+    let worker = (0..3).find(|&i| i != lead && i != leader).unwrap();
     // work still reaches every worker: enough jobs that each node gets some
     let mut jobs = Vec::new();
     for i in 0..6 {
@@ -159,7 +164,7 @@ async fn the_orchestrator_and_a_worker_get_new_addresses_and_the_cluster_carries
     wait_until_async(
         "the re-addressed worker is back",
         Duration::from_secs(60),
-        all_alive,
+        || all_alive(agents[leader].client()),
     )
     .await;
     let id = enqueue(&client, "echo", json!({"message": "still here"}), "").await;
