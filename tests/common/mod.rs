@@ -363,6 +363,13 @@ fn kill_brokers_under(dir: &Path) {
     };
     let needle = format!("RABBITMQ_MNESIA_BASE={}", dir.display());
     for p in procs.flatten() {
+        // epmd inherits the environment of the broker that happened to start it, but every
+        // Erlang node on the machine registers with it: killing it made a broker that was
+        // booting for another test at that moment exit
+        let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "epmd" {
+            continue;
+        }
         let Ok(env) = std::fs::read(p.path().join("environ")) else {
             continue;
         };
