@@ -158,6 +158,9 @@ pub struct Discovery {
 /// The DNS-SD type apps are announced as.
 const HTTP_SERVICE: &str = "_http._tcp.local.";
 
+/// How often the browse starts afresh (its first query goes out at once).
+const REBROWSE: std::time::Duration = std::time::Duration::from_secs(20);
+
 impl Discovery {
     /// Advertises `me` and browses until `shutdown`.
     pub fn start(
@@ -187,12 +190,21 @@ impl Discovery {
             apps: Mutex::new(Default::default()),
         });
         me.register()?;
-        let events = me.daemon.browse(SERVICE)?;
+        let mut events = me.daemon.browse(SERVICE)?;
         let this = me.clone();
         tasks.spawn(async move {
+            // mDNS queries back off to once an hour; browsing afresh now and then asks again
+            // at once, so a device whose link came up late (a cable plugged in, Wi-Fi back)
+            // sees the others within REBROWSE, not at the next backed-off query
+            let mut rebrowse =
+                tokio::time::interval_at(tokio::time::Instant::now() + REBROWSE, REBROWSE);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    _ = rebrowse.tick() => match this.daemon.browse(SERVICE) {
+                        Ok(fresh) => events = fresh,
+                        Err(error) => tracing::warn!(%error, "cannot browse over mDNS again"),
+                    },
                     event = events.recv_async() => match event {
                         Ok(event) => this.apply(event),
                         Err(_) => break,
