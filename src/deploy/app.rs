@@ -13,7 +13,8 @@ use crate::git::command as git;
 use crate::runtime::{force_remove, LineSplitter, Runtime, RuntimeError, JOB_UID};
 use crate::store::DeployStatus;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder,
@@ -694,10 +695,9 @@ async fn start(
     Ok(created.id)
 }
 
-/// The loopback port Docker published a container's `port` at.
-async fn backend_port(d: &Docker, container: &str, port: u16) -> Option<u16> {
-    let info = d.inspect_container(container, None).await.ok()?;
-    let ports = info.network_settings?.ports?;
+/// The loopback port Docker published a container's `port` at (only while it runs).
+fn backend_port(info: &ContainerInspectResponse, port: u16) -> Option<u16> {
+    let ports = info.network_settings.as_ref()?.ports.as_ref()?;
     let bindings = ports.get(&format!("{port}/tcp"))?.as_ref()?;
     bindings
         .iter()
@@ -747,11 +747,9 @@ async fn healthy(
     // since when it runs, with how many restarts
     let mut up: Option<(tokio::time::Instant, i64)> = None;
     loop {
-        if let Some(reason) = given_up(d, container).await? {
-            return Err(AppError::Unhealthy(reason));
-        }
+        let info = inspect_live(d, container).await?;
         // published only while the container runs
-        if let Some(backend) = backend_port(d, container, port).await {
+        if let Some(backend) = backend_port(&info, port) {
             match check {
                 Check::Http(endpoint) => {
                     let url = format!(
@@ -768,8 +766,7 @@ async fn healthy(
                     }
                 }
                 Check::StaysUp(long) => {
-                    let info = d.inspect_container(container, None).await?;
-                    let running = info.state.and_then(|s| s.running) == Some(true);
+                    let running = info.state.as_ref().and_then(|s| s.running) == Some(true);
                     let restarts = info.restart_count.unwrap_or(0);
                     match up {
                         Some((since, r)) if running && r == restarts => {
@@ -800,45 +797,52 @@ async fn healthy(
     }
 }
 
-/// `Some(reason)` once the container stopped for good (it exited and Docker's restarts are
-/// used up, or it was removed under us).
-async fn given_up(d: &Docker, container: &str) -> Result<Option<String>, AppError> {
+/// The container as Docker sees it now; `AppError::Unhealthy` with the reason once it
+/// stopped for good (it exited and Docker's restarts are used up, or it was removed under
+/// us).
+async fn inspect_live(d: &Docker, container: &str) -> Result<ContainerInspectResponse, AppError> {
     let info = match d.inspect_container(container, None).await {
         Ok(info) => info,
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
-        }) => return Ok(Some("its container was removed".into())),
+        }) => return Err(AppError::Unhealthy("its container was removed".into())),
         Err(e) => return Err(e.into()),
     };
+    match given_up(&info) {
+        Some(reason) => Err(AppError::Unhealthy(reason)),
+        None => Ok(info),
+    }
+}
+
+/// `Some(reason)` once the container stopped for good: it exited and Docker's restarts are
+/// used up.
+fn given_up(info: &ContainerInspectResponse) -> Option<String> {
     let restarts = info.restart_count.unwrap_or(0);
-    let state = info.state.unwrap_or_default();
+    let state = info.state.clone().unwrap_or_default();
     if state.running == Some(true) || state.restarting == Some(true) {
-        return Ok(None);
+        return None;
     }
     // between a crash and Docker's restart the container shows as exited for a moment
     if restarts < MAX_RESTARTS && state.exit_code != Some(0) {
-        return Ok(None);
+        return None;
     }
     let code = state.exit_code.unwrap_or(-1);
-    Ok(Some(if state.oom_killed == Some(true) {
+    Some(if state.oom_killed == Some(true) {
         "it went over its memory limit and was killed".into()
     } else if restarts == 0 {
         format!("the app exited at once (code {code})")
     } else {
         format!("the app kept exiting (code {code}); gave up after {restarts} restarts")
-    }))
+    })
 }
 
-/// Watches a running app until it stops for good.
 /// Watches a running app until it stops for good; when Docker restarts it (on another
 /// loopback port), the app's port follows.
 async fn watch(d: &Docker, container: &str, proxy: &Proxy) -> Result<(), AppError> {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Some(reason) = given_up(d, container).await? {
-            return Err(AppError::Unhealthy(reason));
-        }
-        if let Some(backend) = backend_port(d, container, proxy.port).await {
+        let info = inspect_live(d, container).await?;
+        if let Some(backend) = backend_port(&info, proxy.port) {
             if proxy.target() != Some(backend) {
                 proxy.point_to(backend);
             }
