@@ -365,15 +365,16 @@ impl Orchestrator {
                     && d.arch.as_ref().is_none_or(|a| s.arch == *a)
             })
         };
+        // what it asks of a node besides memory, as the reasons below say it
+        let mut wants = Vec::new();
+        if let Some(l) = &d.label {
+            wants.push(format!("labelled `{l}`"));
+        }
+        if let Some(a) = &d.arch {
+            wants.push(format!("of arch {a}"));
+        }
         let known: Vec<&NodeRecord> = nodes.iter().filter(|n| n.stats.is_some()).collect();
         if !known.is_empty() {
-            let mut wants = Vec::new();
-            if let Some(l) = &d.label {
-                wants.push(format!("labelled `{l}`"));
-            }
-            if let Some(a) = &d.arch {
-                wants.push(format!("of arch {a}"));
-            }
             if !known.iter().any(|n| fits(n)) {
                 let mut labels: Vec<&str> = known
                     .iter()
@@ -440,19 +441,11 @@ impl Orchestrator {
             });
         match best {
             Some((n, _, _)) => Ok(n.clone()),
-            None => {
-                let mut what = format!(
-                    "a live, undrained worker with Docker and {} MiB of free memory",
-                    d.memory_mb
-                );
-                if let Some(l) = &d.label {
-                    what.push_str(&format!(", labelled `{l}`"));
-                }
-                if let Some(a) = &d.arch {
-                    what.push_str(&format!(", of arch {a}"));
-                }
-                Err(Ok(format!("waiting for {what}")))
-            }
+            None => Err(Ok(format!(
+                "waiting for a live, undrained worker with Docker and {} MiB of free memory{}",
+                d.memory_mb,
+                wants.iter().map(|w| format!(", {w}")).collect::<String>()
+            ))),
         }
     }
 
