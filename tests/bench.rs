@@ -567,16 +567,8 @@ async fn pipeline_benchmark(out: &mut String) {
     let up = upstream::Upstream::start_on(&upstream::docker_bridge_ip()).await;
     let root = tempfile::tempdir().unwrap();
     let git = GitServer::start(root.path());
-    let files: Vec<(String, String)> = (0..MODS)
-        .map(|n| {
-            let (id, text) = up.generated_mod(n);
-            (format!("NetKAN/{id}.netkan"), text)
-        })
-        .collect();
-    let list: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
-    let netkan_url = git.publish("NetKAN", &list);
-    let meta_url = git.publish("CKAN-meta", &[("README.md", "CKAN metadata\n".into())]);
-    let bare_meta = root.path().join("git/CKAN-meta.git");
+    let (netkan_url, meta_url, bare_meta) =
+        publish_repositories(&git, (0..MODS).map(|n| up.generated_mod(n)));
     let rate = |left: u64| {
         upstream::Answer::json(&json!({"resources": {"core": {"limit": 5000, "remaining": left}}}))
     };

@@ -764,7 +764,7 @@ async fn an_app_keeps_serving_through_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn netkan_work_asked_of_a_dying_leader_is_committed_once_by_the_next() {
     use common::apps::GitServer;
-    use common::netkan::subjects;
+    use common::netkan::{publish_repositories, subjects};
     if !real_parts_present() || !common::lan::lan_tools_present() {
         return;
     }
@@ -774,16 +774,8 @@ async fn netkan_work_asked_of_a_dying_leader_is_committed_once_by_the_next() {
     // the upstream hosts and the repositories, where the hosts and their containers reach them
     let up = upstream::Upstream::start_on(&bridge).await;
     let git = GitServer::start_at(lan.root(), &bridge);
-    let files: Vec<(String, String)> = (0..MODS)
-        .map(|n| {
-            let (id, text) = up.generated_mod(n);
-            (format!("NetKAN/{id}.netkan"), text)
-        })
-        .collect();
-    let list: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
-    let netkan_url = git.publish("NetKAN", &list);
-    let meta_url = git.publish("CKAN-meta", &[("README.md", "CKAN metadata\n".into())]);
-    let bare_meta = lan.root().join("git/CKAN-meta.git");
+    let (netkan_url, meta_url, bare_meta) =
+        publish_repositories(&git, (0..MODS).map(|n| up.generated_mod(n)));
     let api = format!("{}/gh-api", up.base);
     let web = format!("{}/gh-web", up.base);
     // every agent may come to lead, so every one knows the pipeline's settings

@@ -39,7 +39,7 @@ async fn netkan_repo_to_metadata_repo_with_webhooks_and_status() {
     let up = Upstream::start_on(&docker_bridge_ip()).await;
     let root = tempfile::tempdir().unwrap();
     let git = GitServer::start(root.path());
-    let bare_meta: PathBuf = root.path().join("git").join("CKAN-meta.git");
+    let bare_meta: PathBuf = git.bare("CKAN-meta");
 
     // the corpus' 25 mods (two of them staged), served as their hosts answered; four
     // generated ones (Gen2 under a restricted license), one whose host is gone, one frozen

@@ -92,10 +92,15 @@ impl GitServer {
         }
     }
 
+    /// The bare repository `name` on disk.
+    pub fn bare(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.git"))
+    }
+
     /// Someone else pushes to `name`'s `main` just before the next push reaches the server
     /// (the pusher then finds its push refused as not a fast-forward).
     pub fn push_first_next_time(&self, name: &str) {
-        let bare = self.root.join(format!("{name}.git"));
+        let bare = self.bare(name);
         let script = format!(
             "#!/bin/sh\nset -e\ntmp=$(mktemp -d)\ngit clone -q {bare} \"$tmp\"\ncd \"$tmp\"\n\
              echo 'pushed by someone else' > SOMEONE_ELSE.md\ngit add SOMEONE_ELSE.md\n\

@@ -1,8 +1,9 @@
 //! For the NetKAN pipeline's tests and benchmark: reading a bare metadata repository, and
 //! GitHub webhook deliveries in GitHub's shapes, signed as GitHub signs them.
 
+use super::apps::GitServer;
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `git --git-dir <bare> args…`, its output.
@@ -68,4 +69,21 @@ pub async fn mirror_push(orchestrator: &str, added: &[&str], secret: &str) -> St
     let (code, body) = deliver(&url, "push", &push, Some(secret)).await;
     assert_eq!(code, 202, "{body}");
     body["jobs"][0].as_str().unwrap().to_owned()
+}
+
+/// Publishes `mods` (identifier, `.netkan` text) as the NetKAN repository
+/// (`NetKAN/<id>.netkan`) and an empty metadata repository: their clone URLs, and the
+/// metadata repository's bare path.
+pub fn publish_repositories(
+    git: &GitServer,
+    mods: impl IntoIterator<Item = (String, String)>,
+) -> (String, String, PathBuf) {
+    let files: Vec<(String, String)> = mods
+        .into_iter()
+        .map(|(id, text)| (format!("NetKAN/{id}.netkan"), text))
+        .collect();
+    let list: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
+    let netkan_url = git.publish("NetKAN", &list);
+    let meta_url = git.publish("CKAN-meta", &[("README.md", "CKAN metadata\n".into())]);
+    (netkan_url, meta_url, git.bare("CKAN-meta"))
 }
