@@ -390,7 +390,14 @@ async fn deploy(
         a.generation
     );
     made.image = Some(tag.clone());
-    if let Err(e) = build(rt, &dir, &manifest, &tag, a, node, sinks).await {
+    let mut built = build(rt, &dir, &manifest, &tag, a, node, sinks).await;
+    if matches!(&built, Err(AppError::Build(why, _)) if why.contains("failed to get digest")) {
+        // a cached layer went while the build used it (an agent sharing this dockerd removed
+        // the same app's previous image): building again makes the layer anew
+        (sinks.log)("kraken", "a cached layer vanished; building again".into());
+        built = build(rt, &dir, &manifest, &tag, a, node, sinks).await;
+    }
+    if let Err(e) = built {
         // what the failed build left is removed from where it stopped
         made.image = match &e {
             AppError::Build(_, Some(layer)) => Some(layer.clone()),
